@@ -1,0 +1,325 @@
+"""The run config: what one training run accepts (the schema of `cell.yaml`), and the model registry.
+
+`finetune` owns this schema; `launch` writes configs of it and imports nothing else from `finetune`
+but this module and `finetune.rundir` (the run directory's file contract). Pure: no torch import.
+
+Every default lives in `RunConfig` below, with a comment. Unknown keys fail with the valid ones
+listed; bad values fail with one line naming the value. Both raise `ConfigError`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REGISTRY_FILE = PACKAGE_DIR / "models.yaml"
+TINY_TOKENIZER_DIR = PACKAGE_DIR / "assets" / "tokenizer-tiny"
+
+METHODS = ("full", "lora", "qlora", "lora-8bit")
+LORA_METHODS = ("lora", "qlora", "lora-8bit")
+TASKS = ("sft",)
+INITS = ("auto", "pretrained", "random")
+SCHEDULES = ("cosine", "linear", "constant")
+OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "adafactor")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+WANDB_MODES = ("disabled", "offline", "online")
+
+
+class ConfigError(ValueError):
+    """A bad run config or sweep spec: the message is one line meant for the user."""
+
+
+def did_you_mean(value: str, choices) -> str:
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{hint}; valid: {', '.join(str(c) for c in choices)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Model registry (data in models.yaml)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture facts of one registry entry (see models.yaml for the field meanings)."""
+
+    name: str
+    family: str
+    model_type: str
+    kind: str  # causal | encoder | seq2seq
+    layers: int | tuple[int, int]
+    hidden: int
+    heads: int
+    ffn: int
+    vocab: int
+    max_seq_len: int
+    kv_heads: int | None = None
+    tied: bool = False
+    experts: int = 0
+    experts_per_token: int = 0
+    hub_id: str | None = None
+    params: int | None = None  # published total, checked against the built architecture by a test
+    lora_preset: tuple[str, ...] = ()
+    linear: tuple[str, ...] = ()
+    zero3_leaf_modules: tuple[str, ...] = ()
+    config_keys: dict = field(default_factory=dict, hash=False, compare=False)
+    config_extra: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.hub_id is None
+
+    @property
+    def total_layers(self) -> int:
+        return sum(self.layers) if isinstance(self.layers, tuple) else self.layers
+
+    def hf_config_kwargs(self) -> dict:
+        """Keyword arguments for `transformers.AutoConfig.for_model(model_type, **kwargs)`."""
+        facts = {"layers": self.layers, "hidden": self.hidden, "heads": self.heads, "ffn": self.ffn,
+                 "vocab": self.vocab, "max_seq_len": self.max_seq_len, "tied": self.tied,
+                 "kv_heads": self.kv_heads, "experts": self.experts,
+                 "experts_per_token": self.experts_per_token}
+        out = dict(self.config_extra)
+        for fact, key in self.config_keys.items():
+            value = facts[fact]
+            if value is None or (fact.startswith("expert") and not value):
+                continue
+            keys = key if isinstance(key, list) else [key]
+            values = value if isinstance(value, tuple) else [value] * len(keys)
+            out.update(zip(keys, values))
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def registry() -> dict[str, ModelSpec]:
+    data = yaml.safe_load(REGISTRY_FILE.read_text())
+    families = data["families"]
+    out = {}
+    for name, entry in data["models"].items():
+        fam = families[entry["family"]]
+        spec = dict(entry)
+        if isinstance(spec.get("layers"), list):
+            spec["layers"] = tuple(spec["layers"])
+        out[name] = ModelSpec(
+            name=name,
+            model_type=fam["model_type"],
+            kind=fam["kind"],
+            lora_preset=tuple(fam.get("lora_preset", ())),
+            linear=tuple(fam.get("linear", ())),
+            zero3_leaf_modules=tuple(fam.get("zero3_leaf_modules", ())),
+            config_keys=fam["config_keys"],
+            config_extra=fam.get("config_extra", {}),
+            **spec,
+        )
+    return out
+
+
+def model_spec(name: str) -> ModelSpec:
+    try:
+        return registry()[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}{did_you_mean(name, sorted(registry()))}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The run config
+
+
+@dataclass
+class RunConfig:
+    # --- identity and where outputs go
+    name: str = "run"                 # cell id or a free name; used for logs and wandb
+    output_dir: str = ""              # run directory; empty = the folder holding cell.yaml (or ./runs/<name>)
+    # --- model and method
+    model: str = "pythia-tiny"        # registry name (see models.yaml)
+    init: str = "auto"                # auto: pretrained if the entry has weights, random for *-tiny
+    method: str = "lora"              # full | lora | qlora | lora-8bit
+    rank: int | None = None           # LoRA rank; None = 16 for LoRA methods, must stay None for full
+    alpha: float | None = None        # LoRA alpha; None = 2 * rank
+    lora_dropout: float = 0.05
+    target_modules: str | list = "preset"  # preset | all-linear | explicit list of module names
+    rslora: bool = False              # scale by alpha/sqrt(r) instead of alpha/r (stable at high ranks)
+    # --- task and data
+    task: str = "sft"                 # instruction SFT (loss on responses only)
+    dataset: str = "wordnet:small"    # NAME[:TIER] from data_prep's catalogue, or a local file
+    eval_rows: int = 0                # held-out rows for eval loss / perplexity; 0 = the dataset's default
+    seq_len: int = 256                # tokens per example; longer ones are truncated
+    # --- batch and schedule
+    micro_batch: int = 8              # examples per device per step
+    grad_accum: int = 1               # micro-batches per optimizer step
+    epochs: float = 1.0
+    max_steps: int = -1               # > 0 overrides epochs
+    optimizer: str = "adamw"          # adamw | adamw-8bit | paged-adamw-8bit | adafactor
+    lr: float = 2e-4
+    min_lr: float = 0.0               # cosine decays to this after warmup
+    warmup: float = 0.03              # fraction of total steps
+    schedule: str = "cosine"          # cosine | linear | constant
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # --- numerics and systems
+    precision: str = "auto"           # auto = bf16 on GPUs that have it, fp32 on CPU
+    grad_ckpt: bool = False
+    deepspeed: str | None = None      # path to a DeepSpeed JSON config (ds_config.json of the cell)
+    seed: int = 0
+    eval_every: int = 0               # steps between evaluations; 0 = only at the end
+    logging_steps: int = 5
+    # --- tracking
+    wandb_mode: str = "disabled"      # disabled | offline | online (WANDB_MODE in the env wins)
+    wandb_project: str = "ftgrid"
+    wandb_group: str = ""             # the sweep name, so a sweep's cells group together
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def is_lora(self) -> bool:
+        return self.method in LORA_METHODS
+
+    def resolved(self) -> "RunConfig":
+        """A copy with every None default filled in (what cell.yaml records)."""
+        out = dataclasses.replace(self)
+        if out.is_lora:
+            out.rank = 16 if out.rank is None else out.rank
+            out.alpha = float(2 * out.rank) if out.alpha is None else float(out.alpha)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self) -> "RunConfig":
+        spec = model_spec(self.model)
+        _choice("method", self.method, METHODS)
+        _choice("init", self.init, INITS)
+        _choice("task", self.task, TASKS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("wandb_mode", self.wandb_mode, WANDB_MODES)
+        if self.init == "pretrained" and spec.is_tiny:
+            raise ConfigError(f"model {self.model!r} has no pretrained weights; use init: random")
+        if self.method == "full" and (self.rank is not None or self.alpha is not None):
+            raise ConfigError("method 'full' takes no LoRA rank/alpha; drop them or pick a LoRA method")
+        if self.is_lora:
+            if self.rank is not None and self.rank <= 0:
+                raise ConfigError(f"rank must be a positive integer, got {self.rank}")
+            if self.alpha is not None and self.alpha <= 0:
+                raise ConfigError(f"alpha must be positive, got {self.alpha}")
+            if not 0 <= self.lora_dropout < 1:
+                raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            if isinstance(self.target_modules, str) and self.target_modules not in ("preset", "all-linear"):
+                raise ConfigError(f"target_modules must be 'preset', 'all-linear' or a list, got "
+                                  f"{self.target_modules!r}")
+        _positive("lr", self.lr)
+        _positive("micro_batch", self.micro_batch)
+        _positive("grad_accum", self.grad_accum)
+        _positive("seq_len", self.seq_len)
+        if self.seq_len > spec.max_seq_len:
+            raise ConfigError(f"seq_len {self.seq_len} exceeds {self.model}'s limit of {spec.max_seq_len}")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ConfigError("set epochs > 0 or max_steps > 0")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if self.eval_rows < 0:
+            raise ConfigError(f"eval_rows must be >= 0, got {self.eval_rows}")
+        if self.deepspeed and not os.path.isfile(self.deepspeed):
+            raise ConfigError(f"deepspeed config not found: {self.deepspeed}")
+        return self
+
+
+def _choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {key} {value!r}{did_you_mean(value, choices)}")
+
+
+def _positive(key: str, value) -> None:
+    if value is None or value <= 0:
+        raise ConfigError(f"{key} must be positive, got {value}")
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Coerce a YAML/CLI value to the field's type; raise one clear line when it cannot be."""
+    kind = _FIELD_TYPES[key]
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{key} needs a value")
+    try:
+        if kind.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind == "str | list":
+            if isinstance(value, (list, tuple)):
+                return [str(v) for v in value]
+            text = str(value)
+            return text.split(",") if "," in text else text
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not a valid {kind.split(' ')[0]}") from None
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig; unknown keys fail with the valid ones listed."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a run config must be a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(_FIELD_TYPES))
+    if unknown:
+        key = unknown[0]
+        raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, sorted(_FIELD_TYPES))}")
+    cfg = RunConfig(**{k: coerce(k, v) for k, v in data.items()})
+    return cfg.validate().resolved()
+
+
+def load(path: str | os.PathLike) -> RunConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys")
+    # Paths in a cell.yaml are relative to its folder, so a run directory can be moved.
+    if data.get("deepspeed") and not os.path.isabs(str(data["deepspeed"])):
+        data["deepspeed"] = str(path.resolve().parent / str(data["deepspeed"]))
+    cfg = from_dict(data)
+    if not cfg.output_dir:
+        cfg.output_dir = str(path.resolve().parent)
+    return cfg
+
+
+def dump(cfg: RunConfig) -> str:
+    """cell.yaml text: the resolved config, keys in schema order."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+SLUG_RE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def slug(text: str) -> str:
+    return SLUG_RE.sub("-", str(text)).strip("-")

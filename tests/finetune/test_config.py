@@ -1,0 +1,60 @@
+"""The run config schema: defaults, coercion, one-line errors, cell.yaml round trip."""
+import pytest
+
+from finetune import config
+from finetune.config import ConfigError
+
+
+def test_defaults_resolve_lora_rank_and_alpha():
+    cfg = config.from_dict({"model": "pythia-tiny"})
+    assert (cfg.method, cfg.rank, cfg.alpha) == ("lora", 16, 32.0)
+    full = config.from_dict({"model": "pythia-tiny", "method": "full"})
+    assert full.rank is None and full.alpha is None
+
+
+def test_round_trip_through_cell_yaml(tmp_path):
+    cfg = config.from_dict({"model": "llama-tiny", "rank": 4, "lr": "3e-4", "grad_ckpt": "true",
+                            "target_modules": "q_proj,v_proj"})
+    (tmp_path / "cell.yaml").write_text(config.dump(cfg))
+    back = config.load(tmp_path / "cell.yaml")
+    assert back.lr == 3e-4 and back.grad_ckpt is True and back.target_modules == ["q_proj", "v_proj"]
+    assert back.output_dir == str(tmp_path)  # an empty output_dir means the cell.yaml's folder
+
+
+def test_relative_deepspeed_path_resolves_against_the_cell_folder(tmp_path):
+    (tmp_path / "ds_config.json").write_text("{}")
+    (tmp_path / "cell.yaml").write_text("model: pythia-tiny\ndeepspeed: ds_config.json\n")
+    assert config.load(tmp_path / "cell.yaml").deepspeed == str(tmp_path / "ds_config.json")
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"modle": "pythia-tiny"}, "unknown config key 'modle' (did you mean 'model'?)"),
+    ({"model": "gpt5"}, "unknown model 'gpt5'"),
+    ({"lr": "fast"}, "lr: 'fast' is not a valid float"),
+    ({"micro_batch": 0}, "micro_batch must be positive, got 0"),
+    ({"micro_batch": 2.5}, "micro_batch: 2.5 is not a valid int"),
+    ({"method": "full", "rank": 8}, "method 'full' takes no LoRA rank/alpha"),
+    ({"model": "pythia-tiny", "init": "pretrained"}, "has no pretrained weights"),
+    ({"precision": "fp8"}, "unknown precision 'fp8'"),
+    ({"warmup": 1.5}, "warmup is a fraction"),
+    ({"deepspeed": "/nonexistent/ds.json"}, "deepspeed config not found"),
+])
+def test_invalid_configs_fail_before_any_model_is_built(data, message):
+    with pytest.raises(ConfigError) as err:
+        config.from_dict(data)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_registry_entries_are_consistent():
+    reg = config.registry()
+    for name in ("pythia-70m", "pythia-12b", "mistral-7b", "mixtral-8x7b", "gpt2-medium", "llama-2-70b",
+                 "roberta-large", "bart-large", "blenderbot-400m"):
+        assert not reg[name].is_tiny
+    tiny = [n for n in reg if n.endswith("-tiny")]
+    assert sorted(tiny) == ["bart-tiny", "gpt2-tiny", "llama-tiny", "mistral-tiny", "mixtral-tiny",
+                            "pythia-tiny", "roberta-tiny"]
+    assert reg["mixtral-8x7b"].zero3_leaf_modules == ("MixtralSparseMoeBlock",)
+    kwargs = reg["pythia-1.4b"].hf_config_kwargs()
+    assert kwargs["num_hidden_layers"] == 24 and kwargs["hidden_size"] == 2048 and kwargs["rotary_pct"] == 0.25
+    assert reg["blenderbot-400m"].hf_config_kwargs()["encoder_layers"] == 2
+    assert reg["blenderbot-400m"].hf_config_kwargs()["decoder_layers"] == 12
