@@ -219,7 +219,10 @@ def finish(cfg: RunConfig, parts: dict, trainer, out: dict, started: float) -> d
 
 def is_oom(exc: BaseException) -> bool:
     import torch
-    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    # CUDA OOM, Python's MemoryError, or the CPU allocator refusing (e.g. under an address-space cap).
+    return (isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text
+            or "can't allocate memory" in text)
 
 
 def main(argv=None) -> int:

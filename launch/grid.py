@@ -173,7 +173,8 @@ def cells_csv(cells, plans) -> str:
 
 
 def print_plan(cells, plans, resources: Resources) -> None:
-    print(f"{len(cells)} cells, {resources.nodes} node(s) x {resources.gpus_per_node} x {resources.gpu}")
+    per_node = f"{resources.gpus_per_node} x {resources.gpu}" if resources.gpus_per_node else "cpu"
+    print(f"{len(cells)} cells on {resources.nodes} node(s) x {per_node}")
     print(f"{'cell':58} {'zero':>4} {'GiB/GPU':>8}  fits")
     for c, p in zip(cells, plans):
         print(f"{c.id:58} {p.zero:>4} {p.peak_gib:8.1f}  {'yes' if p.fits else 'PREDICTED OOM'}")
@@ -228,8 +229,8 @@ def main(argv=None) -> int:
 def print_results(out: Path) -> int:
     rows = report.collect(out)
     report.write(out, rows)
-    print(report.markdown(rows, ("cell", "model", "rank", "alpha", "lr", "status", "train_loss", "eval_loss",
-                                 "perplexity", "time_s")), end="")
+    print(report.markdown(rows, ("cell", "model", "rank", "alpha", "lr", "status", "train_loss",
+                                 "untrained_eval_loss", "eval_loss", "perplexity", "time_s")), end="")
     return 0 if all(r["status"] in ("done", "predicted-oom") for r in rows) else 1
 
 

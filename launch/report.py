@@ -16,7 +16,7 @@ import yaml
 from finetune import rundir
 
 COLUMNS = ("cell", "model", "method", "rank", "alpha", "lr", "dataset", "seed", "status",
-           "train_loss", "eval_loss", "perplexity", "tokens", "time_s")
+           "train_loss", "untrained_eval_loss", "eval_loss", "perplexity", "tokens", "time_s")
 
 
 def cell_dirs(sweep_dir: Path) -> list[Path]:
@@ -34,7 +34,8 @@ def row(cell_dir: Path) -> dict:
         "cell": cell_dir.name, "model": cfg.get("model"), "method": cfg.get("method"),
         "rank": cfg.get("rank"), "alpha": cfg.get("alpha"), "lr": cfg.get("lr"),
         "dataset": cfg.get("dataset"), "seed": cfg.get("seed"), "status": status.get("state", "pending"),
-        "train_loss": metrics.get("train_loss_last"), "eval_loss": metrics.get("eval_loss"),
+        "train_loss": metrics.get("train_loss_last"), "untrained_eval_loss": metrics.get("initial_eval_loss"),
+        "eval_loss": metrics.get("eval_loss"),
         "perplexity": metrics.get("perplexity"), "tokens": metrics.get("tokens"),
         "time_s": metrics.get("wall_seconds"),
     }
