@@ -25,11 +25,14 @@ TINY_TOKENIZER_DIR = PACKAGE_DIR / "assets" / "tokenizer-tiny"
 
 METHODS = ("full", "lora", "qlora", "lora-8bit")
 LORA_METHODS = ("lora", "qlora", "lora-8bit")
-TASKS = ("sft",)
+TASKS = ("sft", "dpo", "token-classification", "summarization")
+# Which tasks each kind of model can run (causal decoders take a classification head for tokens).
+TASKS_BY_KIND = {"causal": TASKS, "encoder": ("token-classification",), "seq2seq": ("summarization",)}
 INITS = ("auto", "pretrained", "random")
 SCHEDULES = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "adafactor")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PACKINGS = ("none", "bfd", "flatten")
 WANDB_MODES = ("disabled", "offline", "online")
 
 
@@ -148,10 +151,16 @@ class RunConfig:
     target_modules: str | list = "preset"  # preset | all-linear | explicit list of module names
     rslora: bool = False              # scale by alpha/sqrt(r) instead of alpha/r (stable at high ranks)
     # --- task and data
-    task: str = "sft"                 # instruction SFT (loss on responses only)
+    task: str = "sft"                 # sft (loss on responses only) | dpo | token-classification | summarization
     dataset: str = "wordnet:small"    # NAME[:TIER] from data_prep's catalogue, or a local file
     eval_rows: int = 0                # held-out rows for eval loss / perplexity; 0 = the dataset's default
     seq_len: int = 256                # tokens per example; longer ones are truncated
+    packing: str = "none"             # causal sft/summarization: none | bfd (bin-pack examples into rows,
+                                      # position ids reset per example) | flatten (padding-free batches)
+    neftune_alpha: float = 0.0        # NEFTune: noise on input embeddings during training (5 is usual); 0 = off
+    dpo_beta: float = 0.1             # dpo: strength of the KL anchor to the reference model
+    max_new_tokens: int = 64          # summarization: generated summary length; also samples.jsonl generations
+    num_samples: int = 4              # causal sft: greedy generations for this many fixed eval prompts
     # --- batch and schedule
     micro_batch: int = 8              # examples per device per step
     grad_accum: int = 1               # micro-batches per optimizer step
@@ -172,7 +181,8 @@ class RunConfig:
     eval_every: int = 0               # steps between evaluations; 0 = only at the end
     logging_steps: int = 5
     # --- tracking
-    wandb_mode: str = "disabled"      # disabled | offline | online (WANDB_MODE in the env wins)
+    wandb_mode: str = "disabled"      # disabled | offline | online; when on, WANDB_MODE in the env wins and
+                                      # online without WANDB_API_KEY (or a netrc login) runs offline
     wandb_project: str = "ftgrid"
     wandb_group: str = ""             # the sweep name, so a sweep's cells group together
 
@@ -198,6 +208,9 @@ class RunConfig:
         _choice("method", self.method, METHODS)
         _choice("init", self.init, INITS)
         _choice("task", self.task, TASKS)
+        if self.task not in TASKS_BY_KIND[spec.kind]:
+            raise ConfigError(f"task {self.task!r} does not run on {self.model} ({spec.kind}); {spec.kind} "
+                              f"models run: {', '.join(TASKS_BY_KIND[spec.kind])}")
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("precision", self.precision, PRECISIONS)
@@ -217,6 +230,10 @@ class RunConfig:
                 raise ConfigError(f"target_modules must be 'preset', 'all-linear' or a list, got "
                                   f"{self.target_modules!r}")
         _positive("lr", self.lr)
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
         _positive("micro_batch", self.micro_batch)
         _positive("grad_accum", self.grad_accum)
         _positive("seq_len", self.seq_len)
@@ -228,11 +245,51 @@ class RunConfig:
             raise ConfigError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        _choice("packing", self.packing, PACKINGS)
+        if self.packing != "none" and (self.task not in ("sft", "summarization") or spec.kind != "causal"):
+            raise ConfigError(f"packing applies to causal sft and summarization, not {self.task!r} "
+                              f"with {self.model} ({spec.kind})")
+        if not 0 <= self.neftune_alpha <= 100:
+            raise ConfigError(f"neftune_alpha must be in [0, 100] (0 = off, 5 is usual), got {self.neftune_alpha}")
+        if self.neftune_alpha and self.task in ("dpo", "token-classification"):
+            raise ConfigError(f"neftune_alpha applies to generative SFT (sft, summarization), not {self.task!r}")
+        _positive("dpo_beta", self.dpo_beta)
+        _positive("max_new_tokens", self.max_new_tokens)
+        if self.num_samples < 0:
+            raise ConfigError(f"num_samples must be >= 0, got {self.num_samples}")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0 steps (0 = only at the end), got {self.eval_every}")
+        if self.logging_steps <= 0:
+            raise ConfigError(f"logging_steps must be positive, got {self.logging_steps}")
         if self.eval_rows < 0:
             raise ConfigError(f"eval_rows must be >= 0, got {self.eval_rows}")
         if self.deepspeed and not os.path.isfile(self.deepspeed):
             raise ConfigError(f"deepspeed config not found: {self.deepspeed}")
         return self
+
+
+def effective_wandb_mode(cfg: RunConfig, environ=None) -> str:
+    """The wandb mode a run uses: off unless the config turns it on; then WANDB_MODE in the environment
+    wins; 'online' without credentials (WANDB_API_KEY or a netrc login) falls back to 'offline'."""
+    environ = os.environ if environ is None else environ
+    if cfg.wandb_mode == "disabled":
+        return "disabled"
+    env = environ.get("WANDB_MODE", "").strip().lower()
+    mode = {"dryrun": "offline", "run": "online"}.get(env, env) if env else cfg.wandb_mode
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"WANDB_MODE={env!r} in the environment{did_you_mean(env, WANDB_MODES)}")
+    if mode == "online" and not (environ.get("WANDB_API_KEY") or _netrc_has_wandb(environ)):
+        return "offline"
+    return mode
+
+
+def _netrc_has_wandb(environ) -> bool:
+    import netrc
+    path = environ.get("NETRC") or os.path.join(environ.get("HOME", os.path.expanduser("~")), ".netrc")
+    try:
+        return netrc.netrc(path).authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def _choice(key: str, value, choices) -> None:
@@ -272,6 +329,8 @@ def coerce(key: str, value: Any) -> Any:
             if str(value).lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError
+        if key == "packing" and (isinstance(value, bool) or str(value).lower() in ("true", "false")):
+            return "bfd" if str(value).lower() == "true" else "none"  # packing: true = bin packing
         if kind == "str | list":
             if isinstance(value, (list, tuple)):
                 return [str(v) for v in value]

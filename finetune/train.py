@@ -2,18 +2,25 @@
 
     python finetune/train.py --cell runs/<sweep>/<cell>/cell.yaml             # one process (CPU or 1 GPU)
     python finetune/train.py --model pythia-tiny --rank 8 --out runs/one      # one-off run from flags
+    python finetune/train.py --model llama-tiny --task dpo --dataset pairs:small --out runs/dpo
     torchrun --nproc_per_node 8 finetune/train.py --cell .../cell.yaml        # one node, 8 GPUs
+    deepspeed --num_gpus 8 finetune/train.py --cell .../cell.yaml             # one node, DeepSpeed launcher
     deepspeed --hostfile hosts.txt finetune/train.py --cell .../cell.yaml     # several nodes, no SLURM
     sbatch runs/<sweep>/<cell>/job.sbatch                                     # SLURM: srun + torchrun
 
-Phases: setup (config, data, model) -> train (HF Trainer, DeepSpeed when the cell has a ds_config)
--> finish (eval, adapter/model, metrics.json, status.json). Only rank 0 writes files.
-Exit codes: 0 done, 1 failed, 2 bad config (nothing written), 3 out of memory.
+Phases: setup (config -> tokenizer -> data -> random base if any -> training arguments -> model: the
+arguments come before the model so a ZeRO-3 config loads it partitioned) -> train (the task's Trainer;
+DeepSpeed when the cell has a ds_config) -> finish (eval, adapter/model, samples.jsonl, metrics.json,
+status.json, wandb). Tasks: sft | dpo | token-classification | summarization (finetune/tasks.py);
+methods: full | lora | qlora | lora-8bit (finetune/models.py). Only rank 0 writes files and talks to wandb.
+Exit codes: 0 done, 1 failed, 2 bad config (one `error:` line, nothing written), 3 out of memory
+(status `oom` with the phase, step and peak memory).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import resource
@@ -31,6 +38,8 @@ from finetune import rundir  # noqa: E402
 from finetune.config import ConfigError, RunConfig  # noqa: E402
 
 EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_OOM = 1, 2, 3
+# Where the run is, for status.json when it fails (an OOM reports its phase, step and peak memory).
+PROGRESS = {"phase": "setup", "step": 0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,6 +51,10 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--cell", help="cell.yaml written by launch/grid.py")
     p.add_argument("--out", help="run directory for a one-off run (default: the cell.yaml's folder)")
+    # The DeepSpeed launcher (and older torch.distributed.launch) pass the local rank as an argument;
+    # LOCAL_RANK in the environment says the same, so the value itself is not used.
+    p.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None,
+                   help=argparse.SUPPRESS)
     for f in dataclasses.fields(RunConfig):
         if f.name != "output_dir":
             p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
@@ -67,6 +80,21 @@ def load_config(args) -> RunConfig:
     return cfg
 
 
+def check_dataset(cfg: RunConfig) -> None:
+    from data_prep import catalog
+    request = catalog.parse(cfg.dataset)
+    task = getattr(request.entry, "task", None)
+    if request.entry.name in catalog.CATALOG and task and task != cfg.task:
+        raise ConfigError(f"dataset {request.entry.name!r} is a {task} dataset, but the task is {cfg.task!r}")
+
+
+def abort_wandb() -> None:
+    """A run still open here failed: close it as failed (no-op when wandb never started)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1)
+
+
 def ensure_distributed_env(cfg: RunConfig) -> None:
     # DeepSpeed in a single plain `python` process still wants the torch.distributed variables,
     # else it falls back to mpi4py discovery.
@@ -86,132 +114,274 @@ def ensure_distributed_env(cfg: RunConfig) -> None:
 def setup(cfg: RunConfig):
     import torch
     import transformers
-    from data_prep import catalog, sft
-    from finetune import models
+    from finetune import models, tasks
 
     spec = run_config.model_spec(cfg.model)
     transformers.set_seed(cfg.seed)
+    run_dir = Path(cfg.output_dir)
     tokenizer = models.load_tokenizer(spec, cfg)
-    on_cpu = not torch.cuda.is_available()
-    dtype = models.compute_dtype(cfg)
-    args = transformers.TrainingArguments(
-        output_dir=str(Path(cfg.output_dir) / "checkpoints"),
-        per_device_train_batch_size=cfg.micro_batch,
-        per_device_eval_batch_size=cfg.micro_batch,
-        gradient_accumulation_steps=cfg.grad_accum,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.lr,
-        lr_scheduler_type={"cosine": "cosine_with_min_lr", "linear": "linear",
-                           "constant": "constant_with_warmup"}[cfg.schedule],
-        # min_lr as a ratio: the absolute form reads optimizer.defaults, which DeepSpeed optimizers lack
-        lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr / cfg.lr} if cfg.schedule == "cosine" else {},
-        warmup_steps=cfg.warmup,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        optim={"adamw": "adamw_torch", "adamw-8bit": "adamw_bnb_8bit",
-               "paged-adamw-8bit": "paged_adamw_8bit", "adafactor": "adafactor"}[cfg.optimizer],
-        bf16=dtype == torch.bfloat16 and not cfg.is_lora,  # LoRA: base already in bf16
-        fp16=dtype == torch.float16 and not cfg.is_lora,
-        use_cpu=on_cpu,  # DeepSpeed on CPU only works through this flag (gloo backend)
-        deepspeed=cfg.deepspeed,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        eval_strategy="steps" if cfg.eval_every else "no",
-        eval_steps=cfg.eval_every or None,
-        eval_on_start=True,  # the untrained model's eval loss, inside the loop (ZeRO<3 refuses it outside)
-        save_strategy="no",
-        report_to=["wandb"] if cfg.wandb_mode != "disabled" else [],
-        run_name=cfg.name,
-        include_num_input_tokens_seen="non_padding",
-        remove_unused_columns=False,
-        dataloader_drop_last=False,
-        disable_tqdm=True,
-    )
-    # Tokenize once: rank 0 first (cached by datasets), the other ranks then read its cache.
-    with args.main_process_first(desc="tokenize"):
-        train_ds, eval_ds, stats = sft.build(catalog.parse(cfg.dataset), tokenizer, cfg.seq_len, cfg.eval_rows)
-    model = models.build_model(spec, cfg, tokenizer)
-    trainable, total = models.count_params(model)
-    return dict(spec=spec, tokenizer=tokenizer, args=args, train=train_ds, eval=eval_ds,
-                data_stats=stats, model=model, trainable=trainable, total=total)
+    wandb_mode = run_config.effective_wandb_mode(cfg)
+    data = tasks.load_data(cfg, spec, tokenizer)  # tokenized once (data_prep's cache), read by every rank
+    source = spec.hub_id
+    if not models.use_pretrained(spec, cfg):  # built by rank 0 before any ZeRO-3 context exists
+        source = models.random_base(spec, cfg, tokenizer, run_dir / models.BASE_DIR, data.label_names,
+                                    builder=int(os.environ.get("RANK", "0")) == 0)
+    # The arguments come before the model: with a ZeRO-3 config, from_pretrained then loads inside
+    # deepspeed.zero.Init, so no rank ever holds the whole model.
+    args = tasks.training_args(cfg, spec, report_to=["wandb"] if wandb_mode != "disabled" else [])
+    if cfg.deepspeed:
+        # With use_cpu=True the Trainer starts torch.distributed but not DeepSpeed's comm layer, and
+        # zero.Init would then see a world of 1 (batch-size assertion): attach it to the process group.
+        import deepspeed
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    lora = None
+    if cfg.task == "dpo" and cfg.is_lora:  # trl wraps the model itself; the reference = adapter disabled
+        model = models.build_model(spec, cfg, tokenizer, source, data.label_names, apply_method=False)
+        lora = models.lora_config(spec, cfg)
+    else:
+        model = models.build_model(spec, cfg, tokenizer, source, data.label_names)
+    local_fraction = models.local_fraction(model)
+    quantized = models.quantized_layers(model)
+    leaves = models.zero3_leaves(model)
+    if wandb_mode != "disabled" and args.process_index == 0:
+        start_wandb(cfg, spec, run_dir, wandb_mode)
+    return dict(spec=spec, tokenizer=tokenizer, args=args, data=data, model=model, lora=lora,
+                source=str(source), local_fraction=local_fraction, quantized=quantized, zero3_leaves=leaves, wandb_mode=wandb_mode,
+                on_gpu=torch.cuda.is_available())
+
+
+def start_wandb(cfg: RunConfig, spec, run_dir: Path, mode: str) -> None:
+    """One wandb run per cell, from rank 0 only; the Trainer's WandbCallback logs into it (it logs on
+    the main process only). Files go under the cell's run directory."""
+    import wandb
+    os.environ["WANDB_DIR"] = str(run_dir)
+    os.environ["WANDB_MODE"] = mode
+    os.environ["WANDB_PROJECT"] = cfg.wandb_project
+    wandb.init(project=cfg.wandb_project, group=cfg.wandb_group or None, name=cfg.name, dir=str(run_dir),
+               mode=mode, job_type=cfg.task, config=cfg.to_dict(),
+               tags=[f"model:{cfg.model}", f"method:{cfg.method}", f"task:{cfg.task}", f"family:{spec.family}"])
+
+
+def ProgressCallback():
+    import transformers
+
+    class _Progress(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            PROGRESS.update(phase="train", step=state.global_step)
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            PROGRESS.update(step=state.global_step)
+    return _Progress()
+
+
+def peak_memory() -> tuple[float, str]:
+    """(GiB, kind): CUDA max allocated on a GPU, the process's peak RSS on CPU."""
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "cpu_max_rss"
 
 
 def train(cfg: RunConfig, parts: dict):
-    import transformers
+    from finetune import models, tasks
 
-    collator = transformers.DataCollatorForSeq2Seq(parts["tokenizer"], padding=True, label_pad_token_id=-100)
-    trainer = transformers.Trainer(model=parts["model"], args=parts["args"], train_dataset=parts["train"],
-                                   eval_dataset=parts["eval"], data_collator=collator,
-                                   processing_class=parts["tokenizer"])
+    trainer = tasks.make_trainer(cfg, parts["spec"], parts["args"], parts["model"], parts["tokenizer"],
+                                 parts["data"], lora=parts["lora"])
+    trainer.add_callback(ProgressCallback())
     args = trainer.args
+    parts["trainable"], parts["total"] = models.count_params(trainer.model)
+    if models.head_kind(parts["spec"], cfg) == "causal" and cfg.task != "dpo":
+        # Causal LMs sum their loss and divide by the step's target tokens only when the Trainer can
+        # pass num_items_in_batch; without it accumulation would average micro-batch means.
+        if not trainer.model_accepts_loss_kwargs:
+            raise RuntimeError(f"{cfg.model}: the model's forward takes no loss kwargs; the loss would not be "
+                               f"normalised by tokens across gradient accumulation")
     if args.process_index == 0:
-        print(f"[train] {cfg.name}: model={cfg.model} method={cfg.method} rank={cfg.rank} "
+        print(f"[train] {cfg.name}: model={cfg.model} method={cfg.method} task={cfg.task} rank={cfg.rank} "
               f"params trainable/total={parts['trainable']:,}/{parts['total']:,} world={args.world_size} "
               f"global batch={cfg.micro_batch}x{cfg.grad_accum}x{args.world_size}="
-              f"{cfg.micro_batch * cfg.grad_accum * args.world_size} train rows={len(parts['train'])}",
-              flush=True)
+              f"{cfg.micro_batch * cfg.grad_accum * args.world_size} train rows={len(parts['data'].train)} "
+              f"local params={parts['local_fraction']:.2f}", flush=True)
     assert args.train_batch_size * args.gradient_accumulation_steps * args.world_size == \
         cfg.micro_batch * cfg.grad_accum * args.world_size
     t0 = time.time()
     result = trainer.train()
     train_seconds = time.time() - t0
-    initial = next(h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h)
-    final = trainer.evaluate()["eval_loss"]
-    return trainer, dict(initial_eval_loss=initial, eval_loss=final, train_seconds=train_seconds,
+    initial = next(h for h in trainer.state.log_history if "eval_loss" in h)
+    final = trainer.evaluate()
+    return trainer, dict(initial_eval=initial, final_eval=final, train_seconds=train_seconds,
                          train_result=result)
 
 
+TASK_METRICS = {  # metrics.json name -> the Trainer's eval key
+    "dpo": {"reward_accuracy": "eval_rewards/accuracies", "reward_margin": "eval_rewards/margins",
+            "reward_chosen": "eval_rewards/chosen", "reward_rejected": "eval_rewards/rejected"},
+    "token-classification": {"precision": "eval_precision", "recall": "eval_recall", "f1": "eval_f1",
+                             "accuracy": "eval_accuracy"},
+    "summarization": {"rouge1": "eval_rouge1", "rouge2": "eval_rouge2", "rougeL": "eval_rougeL"},
+}
+
+
+def task_metrics(cfg: RunConfig, evaluation: dict) -> dict:
+    return {name: evaluation[key] for name, key in TASK_METRICS.get(cfg.task, {}).items() if key in evaluation}
+
+
+def train_task_metrics(cfg: RunConfig, history: list[dict]) -> dict:
+    """DPO: the reward accuracy and margin of the last logged training steps."""
+    if cfg.task != "dpo":
+        return {}
+    last = next((h for h in reversed(history) if "rewards/accuracies" in h), None)
+    return {} if last is None else {"train_reward_accuracy": last["rewards/accuracies"],
+                                    "train_reward_margin": last["rewards/margins"]}
+
+
 def finish(cfg: RunConfig, parts: dict, trainer, out: dict, started: float) -> dict:
-    import torch
     import torch.distributed as dist
+    from transformers.integrations import is_deepspeed_zero3_enabled
+    from finetune import models, tasks
 
     args = trainer.args
+    spec, tokenizer, data = parts["spec"], parts["tokenizer"], parts["data"]
+    distributed = dist.is_available() and dist.is_initialized()
+    synced = is_deepspeed_zero3_enabled() and distributed and dist.get_world_size() > 1
     # Every rank reports what it did, so a test (and a human) can see all ranks took part.
-    me = {"rank": args.process_index, "host": socket.gethostname(), "steps": trainer.state.global_step}
+    # ZeRO-3 holds ~1/world of the weights per rank: from loading on (zero.Init), or, for quantized
+    # bases (loaded whole), from the engine's start on.
+    me = {"rank": args.process_index, "host": socket.gethostname(), "steps": trainer.state.global_step,
+          "local_param_fraction_at_load": parts["local_fraction"],
+          "local_param_fraction": models.local_fraction(trainer.model)}
     ranks = [me]
-    if dist.is_available() and dist.is_initialized():
+    if distributed:
         ranks = [None] * dist.get_world_size()
         dist.all_gather_object(ranks, me)
     run_dir = Path(cfg.output_dir)
     # save_model gathers ZeRO-3 shards (stage3_gather_16bit_weights_on_model_save) on every rank.
-    trainer.save_model(str(run_dir / ("adapter" if cfg.is_lora else "model")))
+    saved = run_dir / ("adapter" if cfg.is_lora else "model")
+    t_save = time.time()
+    trainer.save_model(str(saved))
+    parts["phase_seconds"]["save"] = time.time() - t_save
+    t_generate = time.time()
+    final = dict(out["final_eval"])
+    kind = models.head_kind(spec, cfg)
+    # Generations: all ranks run them (ZeRO-3 gathers layers collectively), rank 0 writes them.
+    samples = []
+    if kind == "causal" and cfg.task == "summarization":
+        rows = tasks.prompts_from_eval(data.eval)
+        gens = tasks.generate(trainer.model, tokenizer, [r["prompt_ids"] for r in rows], cfg.max_new_tokens,
+                              batch_size=cfg.micro_batch, synced=synced)
+        refs = data.eval_references if data.eval_references and len(data.eval_references) == len(rows) else \
+            [tokenizer.decode(r["target_ids"], skip_special_tokens=True).strip() for r in rows]
+        texts = [tokenizer.decode(g["ids"], skip_special_tokens=True).strip() for g in gens]
+        summaries = tasks.rouge(texts, refs)
+        final.update({f"eval_{k}": v for k, v in summaries.items()})
+        samples = [dict(index=r["index"], prompt=tokenizer.decode(r["prompt_ids"]), reference=ref,
+                        generation=text, new_tokens=len(g["ids"]), stopped_at_eos=g["stopped_at_eos"])
+                   for r, g, ref, text in zip(rows, gens, refs, texts)][:max(cfg.num_samples, 0)]
+    elif kind == "causal" and cfg.task == "sft" and cfg.num_samples:
+        rows = tasks.prompts_from_eval(data.eval, cfg.num_samples)
+        gens = tasks.generate(trainer.model, tokenizer, [r["prompt_ids"] for r in rows], cfg.max_new_tokens,
+                              batch_size=cfg.micro_batch, synced=synced)
+        samples = [dict(index=r["index"], prompt=tokenizer.decode(r["prompt_ids"]),
+                        reference=tokenizer.decode(r["target_ids"]),
+                        generation=tokenizer.decode(g["ids"]), new_tokens=len(g["ids"]),
+                        stopped_at_eos=g["stopped_at_eos"]) for r, g in zip(rows, gens)]
+    parts["phase_seconds"]["generate"] = time.time() - t_generate
     if args.process_index != 0:
         return {}
+    if cfg.is_lora:
+        check_adapter(saved)
+    if samples:
+        rundir.atomic_write_text(run_dir / "samples.jsonl",
+                                 "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     history = trainer.state.log_history
     # Runs shorter than logging_steps log no step loss: fall back to the run's mean loss.
     train_losses = [h["loss"] for h in history if "loss" in h] or [out["train_result"].training_loss]
     wall = time.time() - started
     tokens = int(trainer.state.num_input_tokens_seen)
-    peak = (torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available()
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    return {
-        "name": cfg.name, "model": cfg.model, "method": cfg.method, "rank": cfg.rank, "alpha": cfg.alpha,
-        "lr": cfg.lr, "seed": cfg.seed,
+    peak, peak_kind = peak_memory()
+    eval_loss = final["eval_loss"]
+    ds_facts = deepspeed_facts(trainer)
+    lm_loss = cfg.task in ("sft", "summarization")  # a per-token LM loss: perplexity means something
+    metrics = {
+        "name": cfg.name, "model": cfg.model, "method": cfg.method, "task": cfg.task, "rank": cfg.rank,
+        "alpha": cfg.alpha, "lr": cfg.lr, "seed": cfg.seed, "dataset": cfg.dataset,
         "train_loss_first": train_losses[0],
         "train_loss_last": train_losses[-1],
         "train_loss_min": min(train_losses),
         "train_loss_mean": out["train_result"].training_loss,
-        "initial_eval_loss": out["initial_eval_loss"],
-        "eval_loss": out["eval_loss"],
-        "perplexity": math.exp(min(out["eval_loss"], 50.0)),
+        "initial_eval_loss": out["initial_eval"]["eval_loss"],
+        "eval_loss": eval_loss,
+        "perplexity": math.exp(min(eval_loss, 50.0)) if lm_loss else None,
+        "task_metrics": {**task_metrics(cfg, final), **train_task_metrics(cfg, history)},
+        "initial_task_metrics": task_metrics(cfg, out["initial_eval"]),
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "tokens": tokens,
         "tokens_per_second": tokens / out["train_seconds"] if out["train_seconds"] else None,
         "train_seconds": out["train_seconds"],
         "wall_seconds": wall,
+        "phase_seconds": parts["phase_seconds"],
         "trainable_params": parts["trainable"],
         "total_params": parts["total"],
         "world_size": args.world_size,
         "global_batch": cfg.micro_batch * cfg.grad_accum * args.world_size,
+        "deepspeed": ds_facts,
+        "zero_stage": (ds_facts or {}).get("stage"),
+        "local_param_fraction_at_load": parts["local_fraction"],
+        "local_param_fraction": me["local_param_fraction"],
+        "quantized_layers": parts["quantized"],
+        "zero3_leaf_modules": parts["zero3_leaves"],
+        "loss_normalisation": "target tokens per optimizer step",
         "ranks": ranks,
         "peak_memory_gib": peak,
-        "peak_memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "cpu_max_rss",
-        "data": dataclasses.asdict(parts["data_stats"]),
+        "peak_memory_kind": peak_kind,
+        "samples": len(samples),
+        "data": data.stats,
+        "base": parts["source"],
+        "wandb_mode": parts["wandb_mode"],
         "history": history,
     }
+    return metrics
+
+
+def deepspeed_facts(trainer) -> dict | None:
+    """What the DeepSpeed engine really ran with (None without DeepSpeed)."""
+    engine = getattr(trainer, "deepspeed", None)
+    if engine is None:
+        return None
+    off_param = engine.zero_offload_param()
+    return {"stage": int(engine.zero_optimization_stage()),
+            "offload_optimizer": bool(engine.zero_cpu_offload()),
+            "offload_param": bool(off_param is not None and str(getattr(off_param, "device", "none")) not in
+                                  ("none", "OffloadDeviceEnum.none")),
+            "optimizer": type(engine.optimizer).__name__ if engine.optimizer is not None else None,
+            "world_size": int(engine.world_size)}
+
+
+def check_adapter(path: Path) -> None:
+    """A saved adapter must hold real weights: LoRA B starts at zero and must have moved (an adapter
+    saved from ZeRO-3 shards without gathering is empty or all zeros)."""
+    from safetensors.torch import load_file
+    files = sorted(Path(path).glob("adapter_model*.safetensors"))
+    if not files:
+        raise RuntimeError(f"no adapter weights saved in {path}")
+    lora_b = {k: w for f in files for k, w in load_file(str(f)).items() if "lora_B" in k}
+    empty = [k for k, w in lora_b.items() if w.numel() == 0 or not bool(w.abs().sum() > 0)]
+    if not lora_b or empty:
+        raise RuntimeError(f"saved adapter in {path} is empty or zero: {empty[:3] or 'no lora_B weights'}")
+
+
+def finish_wandb(metrics: dict, cfg: RunConfig, mode: str) -> None:
+    if mode == "disabled":
+        return
+    import wandb
+    if wandb.run is None:
+        return
+    wandb.config.update(cfg.to_dict(), allow_val_change=True)  # the cell config wins over the Trainer's keys
+    summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    summary.update({f"task/{k}": v for k, v in metrics["task_metrics"].items()})
+    wandb.run.summary.update(summary)
+    wandb.finish()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,8 +399,8 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(args)
-        from data_prep import catalog
-        catalog.parse(cfg.dataset)  # fail on a bad dataset before any model is built
+        check_dataset(cfg)  # fail on a bad dataset before any model is built
+        run_config.effective_wandb_mode(cfg)  # and on a bad WANDB_MODE
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -245,13 +415,20 @@ def main(argv=None) -> int:
                             slurm_job_id=os.environ.get("SLURM_JOB_ID"), started=started)
     try:
         parts = setup(cfg)
+        parts["phase_seconds"] = {"setup": time.time() - started}
         trainer, out = train(cfg, parts)
+        parts["phase_seconds"]["train"] = time.time() - started - parts["phase_seconds"]["setup"]
+        PROGRESS["phase"] = "finish"
         metrics = finish(cfg, parts, trainer, out, started)
     except BaseException as e:  # noqa: BLE001 - every failure must reach status.json and the exit code
         oom = is_oom(e)
+        abort_wandb()
         if is_main:
+            where = dict(phase=PROGRESS["phase"], step=PROGRESS["step"])
+            if oom:
+                where["peak_memory_gib"], where["peak_memory_kind"] = peak_memory()
             rundir.write_status(run_dir, "oom" if oom else "failed", error=f"{type(e).__name__}: {e}"[:2000],
-                                ended=time.time())
+                                ended=time.time(), **where)
         if oom:
             print(f"error: out of memory in {cfg.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
                   file=sys.stderr)
@@ -260,6 +437,7 @@ def main(argv=None) -> int:
         return EXIT_FAILED
     if is_main:
         rundir.atomic_write_json(run_dir / rundir.METRICS_FILE, metrics)
+        finish_wandb(metrics, cfg, parts["wandb_mode"])
         rundir.write_status(run_dir, "done", ended=time.time(), eval_loss=metrics["eval_loss"])
         print(f"[train] {cfg.name}: done in {metrics['wall_seconds']:.1f}s  train loss "
               f"{metrics['train_loss_first']:.3f} -> {metrics['train_loss_last']:.3f}  eval loss "

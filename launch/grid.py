@@ -1,19 +1,23 @@
 """Expand a fine-tuning grid, plan each cell's GPU memory, render its files, and run or submit it.
 
     python launch/grid.py --models pythia-1.4b,mistral-7b --ranks 16,64 --dry-run
-    python launch/grid.py --models pythia-tiny --ranks 4,8 --executor local
+    python launch/grid.py --models pythia-tiny --ranks 4,8 --executor local --gpu cpu
     python launch/grid.py --config sweeps/alpaca_lora.yaml --lrs 1e-4,3e-4
+    python launch/grid.py --config sweep.yaml --executor hostfile --hostfile hosts.txt --dry-run
+    python launch/grid.py --status runs/<sweep>                # counts per state, failing cells' log tails
+    python launch/grid.py --config runs/<sweep>/sweep.yaml --rerun failed,oom
 
 Data flow (one way): spec (flags / YAML) -> cells (launch/spec.py) -> plan (launch/plan.py)
 -> render (launch/render.py: cell.yaml, ds_config.json, job.sbatch) -> submit (launch/submit.py).
 Everything is validated before anything is written: bad input is one `error:` line and exit code 2.
+Cells predicted not to fit are listed as PREDICTED OOM and not run unless --submit-oom.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import io
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -24,17 +28,23 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
 import yaml  # noqa: E402
 
 from finetune import rundir  # noqa: E402
-from finetune.config import ConfigError, RunConfig, coerce, did_you_mean  # noqa: E402
+from finetune.config import ConfigError, coerce, did_you_mean  # noqa: E402
 from launch import plan as planner  # noqa: E402
 from launch import render, report  # noqa: E402
-from launch.spec import AXES, EXECUTORS, TRAIN_KEYS, Resources, SweepSpec, expand, validate_resources  # noqa: E402
+from launch.spec import (AXES, EXECUTORS, RESOURCE_SCALARS, RULE_KEYS, TRAIN_KEYS, Resources, SweepSpec, expand,  # noqa: E402
+                         parse_bool, parse_hostfile, parse_int, to_yaml_dict, typed_axis)
 
 EXIT_BAD_INPUT = 2
-RESOURCE_KEYS = tuple(f.name for f in dataclasses.fields(Resources))
 # CLI flags for the sweep's fixed training settings (any other RunConfig field: --set KEY=VALUE).
-TRAIN_FLAGS = ("micro_batch", "grad_accum", "seq_len", "max_steps", "epochs", "target_modules", "task",
-               "grad_ckpt", "precision", "optimizer", "warmup", "weight_decay", "min_lr", "schedule",
-               "wandb_mode", "eval_rows")
+TRAIN_FLAGS = ("micro_batch", "grad_accum", "seq_len", "max_steps", "epochs", "target_modules", "grad_ckpt",
+               "precision", "optimizer", "warmup", "weight_decay", "min_lr", "schedule", "wandb_mode", "eval_rows")
+SWEEP_KEYS = ("name",) + AXES + ("train", "resources", "setup", "sbatch", "container", "zip", "include", "exclude")
+LIST_KEYS = ("setup", "sbatch", "zip", "include", "exclude")
+RESOURCE_INTS = ("nodes", "gpus_per_node", "cpus_per_task")
+# Run-config fields the memory plan does not read: cells differing only in these share one plan.
+PLAN_IRRELEVANT = ("name", "lr", "min_lr", "seed", "dataset", "wandb_group", "wandb_project", "wandb_mode",
+                   "epochs", "max_steps", "warmup", "schedule", "weight_decay", "eval_rows", "eval_every",
+                   "logging_steps", "max_grad_norm")
 
 
 def default_executor() -> str:
@@ -47,20 +57,42 @@ def parse_args(argv):
     p.add_argument("--config", help="sweep YAML (command-line flags override it)")
     p.add_argument("--name", help="sweep name (default: from the config file, else 'sweep')")
     p.add_argument("--out", help="sweep directory (default runs/<name>)")
+    p.add_argument("--status", metavar="SWEEP_DIR", help="show a sweep's state (status.json + sacct) and exit")
     p.add_argument("--dry-run", action="store_true", help="write and print everything, submit nothing")
     p.add_argument("--executor", choices=EXECUTORS, help="default: slurm when sbatch exists, else local")
+    p.add_argument("--hostfile", help="`HOST slots=N` lines: servers without SLURM (implies --executor hostfile)")
     for axis in AXES:
         p.add_argument(f"--{axis}", help=f"comma list for the {axis} axis")
-    for key in RESOURCE_KEYS:
-        p.add_argument(f"--{key.replace('_', '-')}", dest=f"res_{key}", help=f"resources: {key}")
+    p.add_argument("--zip", action="append", default=None, metavar="AXIS,AXIS",
+                   help="axes that move together instead of a product, e.g. ranks,alphas (repeatable)")
+    p.add_argument("--include", action="append", default=None, metavar="KEY=V[,KEY=V]",
+                   help="keep only cells matching one such rule, e.g. model=pythia-1.4b,method=lora")
+    p.add_argument("--exclude", action="append", default=None, metavar="KEY=V[,KEY=V]",
+                   help="drop cells matching a rule, e.g. model=mixtral-8x7b,method=full")
+    for key in RESOURCE_SCALARS:
+        flag = f"--{key.replace('_', '-')}"
+        if key == "exclusive":
+            p.add_argument(flag, dest="res_exclusive", action="store_const", const=True, help="SLURM --exclusive")
+        else:
+            p.add_argument(flag, dest=f"res_{key}", metavar=key.upper(), help=f"resources: {key}")
+    p.add_argument("--setup", action="append", default=None, metavar="LINE",
+                   help="a shell line run before the launcher, verbatim (module load ..., source ...)")
+    p.add_argument("--sbatch", action="append", default=None, metavar="--KEY=VALUE",
+                   help="an extra #SBATCH option, e.g. --sbatch=--mail-type=END (repeatable)")
+    p.add_argument("--container", action="append", default=None, metavar="KEY=VALUE",
+                   help="a pyxis srun flag, e.g. image=nvcr.io/nvidia/pytorch:24.05-py3 (repeatable)")
     for key in TRAIN_FLAGS:
-        p.add_argument(f"--{key.replace('_', '-')}", dest=f"train_{key}", help=f"every cell's {key}")
+        p.add_argument(f"--{key.replace('_', '-')}", dest=f"train_{key}", metavar=key.upper(),
+                       help=f"every cell's {key}")
+    p.add_argument("--global-batch", dest="train_global_batch", metavar="N",
+                   help="target global batch: grad_accum = N / (micro_batch x nodes x GPUs per node)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other run-config field for every cell")
     p.add_argument("--python", default=sys.executable, help="interpreter the rendered jobs use")
     p.add_argument("--max-parallel", type=int, default=0, help="SLURM: at most this many array tasks at once")
     p.add_argument("--wait", action="store_true", help="SLURM: wait for the submitted cells, then report")
     p.add_argument("--rerun", default="", help="also re-run cells in these states, e.g. failed,oom,preempted")
+    p.add_argument("--submit-oom", action="store_true", help="also run cells predicted not to fit")
     return p.parse_args(argv)
 
 
@@ -68,107 +100,185 @@ def _split(text: str) -> list:
     return [v.strip() for v in str(text).split(",") if v.strip()]
 
 
-def _typed_axis(axis: str, values: list) -> list:
-    field = {"ranks": "rank", "lrs": "lr", "seeds": "seed"}.get(axis)
-    return [coerce(field, v) for v in values] if field else [str(v) for v in values]
+def _pairs(items: list, what: str) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def _rule(text: str) -> dict:
+    """`model=a,method=full` -> {model: a, method: full}; a key given twice takes a list."""
+    rule = {}
+    for item in _split(text):
+        ((key, value),) = _pairs([item], "an --include/--exclude rule").items()
+        rule.setdefault(key, []).append(value)
+    return {k: v[0] if len(v) == 1 else v for k, v in rule.items()}
+
+
+def _load_config(path: str) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read sweep config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sweep keys")
+    return data
+
+
+def _unknown(keys, valid, what: str, where: str = "") -> list[str]:
+    return [f"unknown {what} key {k!r}{where}{did_you_mean(k, valid)}" for k in keys if k not in valid]
+
+
+def _resource_value(key: str, value):
+    if key == "exclusive":
+        return parse_bool(key, value)
+    return parse_int(key, value) if key in RESOURCE_INTS else str(value)
 
 
 def build_spec(args) -> SweepSpec:
-    data = {}
-    if args.config:
-        try:
-            data = yaml.safe_load(Path(args.config).read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read sweep config {args.config}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{args.config} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{args.config} must hold a mapping of sweep keys")
-        valid = ("name",) + AXES + ("train", "resources")
-        for key in data:
-            if key not in valid:
-                raise ConfigError(f"unknown sweep key {key!r} in {args.config}{did_you_mean(key, valid)}")
+    data = _load_config(args.config) if args.config else {}
+    problems = _unknown(data, SWEEP_KEYS, "sweep", f" in {args.config}")
+    for key in LIST_KEYS:
+        if key in data and not isinstance(data[key], list):
+            raise ConfigError(f"{key} in {args.config} takes a list")
     spec = SweepSpec(name=args.name or data.get("name") or "sweep")
     for axis in AXES:
         values = getattr(args, axis)
         values = _split(values) if values is not None else data.get(axis)
         if values is not None:
-            values = values if isinstance(values, list) else [values]
-            setattr(spec, axis, _typed_axis(axis, values))
+            setattr(spec, axis, typed_axis(axis, values if isinstance(values, list) else [values]))
     train = dict(data.get("train") or {})
-    for key in TRAIN_FLAGS:
-        if getattr(args, f"train_{key}") is not None:
-            train[key] = getattr(args, f"train_{key}")
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
-        train[key] = value
+    train.update({k: getattr(args, f"train_{k}") for k in TRAIN_FLAGS + ("global_batch",)
+                  if getattr(args, f"train_{k}") is not None})
+    train.update(_pairs(args.set, "--set"))
+    global_batch = train.pop("global_batch", None)
     for key in train:
-        if key not in TRAIN_KEYS:
-            raise ConfigError(f"unknown training key {key!r}{did_you_mean(key, TRAIN_KEYS)}")
-    spec.train = {k: coerce(k, v) for k, v in train.items()}
+        if key in RULE_KEYS:
+            problems.append(f"training key {key!r} is an axis: use {key}s")
+        else:
+            problems += _unknown([key], TRAIN_KEYS, "training")
     res = dict(data.get("resources") or {})
-    for key in RESOURCE_KEYS:
-        if getattr(args, f"res_{key}") is not None:
-            res[key] = getattr(args, f"res_{key}")
-    for key in res:
-        if key not in RESOURCE_KEYS:
-            raise ConfigError(f"unknown resources key {key!r}{did_you_mean(key, RESOURCE_KEYS)}")
-    defaults = Resources()
-    typed = {}
-    for key, value in res.items():
-        kind = type(getattr(defaults, key))
-        try:
-            typed[key] = kind(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: {value!r} is not a valid {kind.__name__}") from None
+    res.update({k: getattr(args, f"res_{k}") for k in RESOURCE_SCALARS if getattr(args, f"res_{k}") is not None})
+    problems += _unknown(res, RESOURCE_SCALARS, "resources")
+    if problems:
+        raise ConfigError(" | ".join(problems))
+    spec.train = {k: coerce(k, v) for k, v in train.items()}
+    if global_batch is not None:
+        spec.global_batch = parse_int("global_batch", global_batch)
+    for key in ("zip", "include", "exclude"):
+        cli = getattr(args, key)
+        parse = _split if key == "zip" else _rule
+        setattr(spec, key, [parse(v) for v in cli] if cli is not None else list(data.get(key) or []))
+    typed = {k: _resource_value(k, v) for k, v in res.items()}
+    typed["setup"] = tuple(args.setup if args.setup is not None else data.get("setup") or ())
+    typed["sbatch"] = tuple(args.sbatch if args.sbatch is not None else data.get("sbatch") or ())
+    container = _pairs(args.container, "--container") if args.container is not None else data.get("container") or {}
+    if not isinstance(container, dict):
+        raise ConfigError("container takes a mapping of pyxis flags, e.g. {image: nvcr.io/nvidia/pytorch:24.05-py3}")
+    typed["container"] = dict(container)
     spec.resources = Resources(**typed)
     if spec.resources.gpu not in planner.GPU_PRESETS:
         raise ConfigError(f"unknown gpu preset {spec.resources.gpu!r}"
                           f"{did_you_mean(spec.resources.gpu, sorted(planner.GPU_PRESETS))}")
     if spec.resources.gpu == "cpu":
         spec.resources.gpus_per_node = 0
-    validate_resources(spec.resources)
     return spec
 
 
+def resolve_executor(args, spec: SweepSpec) -> tuple[str, tuple]:
+    """The executor's name and, for `hostfile`, the validated hosts (which set nodes x GPUs per node)."""
+    name = args.executor or ("hostfile" if args.hostfile else default_executor())
+    if name == "debug":
+        raise ConfigError("executor 'debug' is not available; use local, slurm or hostfile")
+    if args.hostfile and name != "hostfile":
+        raise ConfigError(f"--hostfile is for --executor hostfile, not {name!r}")
+    if name != "hostfile":
+        return name, ()
+    if not args.hostfile:
+        raise ConfigError("--executor hostfile needs --hostfile FILE (`HOST slots=N` lines)")
+    try:
+        text = Path(args.hostfile).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read hostfile {args.hostfile}: {e.strerror}") from None
+    hosts = parse_hostfile(text, args.hostfile)
+    res = spec.resources
+    for key, value in (("nodes", len(hosts)), ("gpus_per_node", hosts[0][1])):
+        asked = getattr(args, f"res_{key}")
+        if asked is not None and int(asked) != value:
+            raise ConfigError(f"--{key.replace('_', '-')} {asked} disagrees with {args.hostfile} ({value})")
+        setattr(res, key, value)
+    return name, hosts
+
+
 def plan_cells(cells, resources: Resources) -> list:
-    plans = []
+    """One plan per cell; cells that differ only in what memory does not depend on share one."""
+    plans, cache = [], {}
+    kwargs = dict(gpu=resources.gpu, gpus=resources.world_size)
     for cell in cells:
-        kwargs = dict(gpu=resources.gpu, gpus=resources.world_size)
-        if resources.zero == "auto":
-            plans.append(planner.choose_zero(cell.run, offload=resources.offload, **kwargs))
-        else:
-            plans.append(planner.plan_cell(cell.run, zero=int(resources.zero), offload=resources.offload,
-                                           **kwargs))
+        key = repr(sorted((k, v) for k, v in cell.run.items() if k not in PLAN_IRRELEVANT))
+        if key not in cache:
+            if resources.zero == "auto":
+                cache[key] = planner.choose_zero(cell.run, offload=resources.offload, **kwargs)
+            else:
+                cache[key] = planner.plan_cell(cell.run, zero=int(resources.zero), offload=resources.offload,
+                                               **kwargs)
+        plans.append(cache[key])
     return plans
 
 
-def write_cell(cell, plan, cell_dir: Path, spec: SweepSpec, python: str) -> None:
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    (cell_dir / "logs").mkdir(exist_ok=True)
-    run = dict(cell.run, output_dir="", deepspeed="ds_config.json" if plan.zero > 0 else None)
-    rundir.atomic_write_text(cell_dir / "cell.yaml", yaml.safe_dump(run, sort_keys=False))
-    rundir.atomic_write_json(cell_dir / "ds_config.json", render.ds_config(plan.zero, plan.offload))
-    rundir.atomic_write_json(cell_dir / "plan.json", plan.to_dict())
-    text = render.sbatch(cell=cell, sweep=spec.name, run_dir=cell_dir.resolve(), plan=plan, python=python,
-                         nproc_per_node=max(cell.resources.gpus_per_node, 1))
-    rundir.atomic_write_text(cell_dir / "job.sbatch", text)
-    (cell_dir / "job.sbatch").chmod(0o755)
-    if not (cell_dir / rundir.STATUS_FILE).exists():
-        rundir.write_status(cell_dir, "pending" if plan.fits else "predicted-oom")
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def write_if_changed(path: Path, text: str, executable: bool = False) -> None:
+    """Atomic (temp file + rename) but without a per-file fsync: rendered files are re-made from the
+    spec on every run, and 50k fsyncs take minutes; write_sweep syncs once at the end."""
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    if executable:
+        tmp.chmod(0o755)
+    os.replace(tmp, path)
+
+
+def write_sweep(out: Path, spec: SweepSpec, cells, plans, ctx: render.Context, hosts_text: str = "") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.atomic_write_text(out / "sweep.yaml", yaml.safe_dump(to_yaml_dict(spec), sort_keys=False))
+    if hosts_text:
+        rundir.atomic_write_text(out / render.HOSTFILE, hosts_text)
+    root = out.resolve()
+    for cell, plan in zip(cells, plans):
+        cell_dir = root / cell.id
+        (cell_dir / "logs").mkdir(parents=True, exist_ok=True)
+        for name, text in render.cell_files(cell, plan, cell_dir, ctx).items():
+            write_if_changed(cell_dir / name, text, executable=name in render.EXECUTABLE)
+        if not plan.fits and not (cell_dir / rundir.STATUS_FILE).exists():
+            rundir.write_status(cell_dir, "predicted-oom", peak_gib=plan.peak_gib, capacity_gib=plan.capacity_gib)
+        # A cell without status.json is pending (finetune.rundir.read_status): 10k fsync'd files for
+        # a fresh sweep would cost a minute and say nothing new.
+    rundir.atomic_write_text(out / "cells.csv", cells_csv(cells, plans))
+    os.sync()
 
 
 def cells_csv(cells, plans) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "model", "method", "rank", "alpha", "lr", "dataset", "seed", "zero", "offload",
+    writer.writerow(["id", "model", "method", "rank", "alpha", "lr", "dataset", "task", "seed", "zero", "offload",
                      "peak_gib", "capacity_gib", "fits"])
     for c, p in zip(cells, plans):
         r = c.run
-        writer.writerow([c.id, r["model"], r["method"], r["rank"], r["alpha"], r["lr"], r["dataset"], r["seed"],
-                         p.zero, p.offload, f"{p.peak_gib:.2f}", f"{p.capacity_gib:.1f}", p.fits])
+        writer.writerow([c.id, r["model"], r["method"], r["rank"], r["alpha"], r["lr"], r["dataset"], r["task"],
+                         r["seed"], p.zero, p.offload, f"{p.peak_gib:.2f}", f"{p.capacity_gib:.1f}", p.fits])
     return buf.getvalue()
 
 
@@ -180,50 +290,48 @@ def print_plan(cells, plans, resources: Resources) -> None:
         print(f"{c.id:58} {p.zero:>4} {p.peak_gib:8.1f}  {'yes' if p.fits else 'PREDICTED OOM'}")
 
 
-def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        spec = build_spec(args)
-        cells = expand(spec)
-        plans = plan_cells(cells, spec.resources)
-        out = Path(args.out or Path("runs") / spec.name)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"output directory {out} is a file")
-    except (ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+def print_hostfile_commands(cell_dirs, hosts) -> None:
+    for d in cell_dirs:
+        print(f"{d.name}:\n  bash {d.resolve() / 'run_deepspeed.sh'}")
+        for rank, (host, _) in enumerate(hosts):
+            print(f"  on {host}: bash {d.resolve() / 'run_torchrun.sh'} {rank}")
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+
+
+def show_status(out: Path) -> int:
+    from launch import submit
+    cell_dirs = report.cell_dirs(out)
+    if not cell_dirs:
+        print(f"error: {out} holds no cells (no */cell.yaml)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = {"name": spec.name, **{a: getattr(spec, a) for a in AXES}, "train": spec.train,
-                "resources": dataclasses.asdict(spec.resources)}
-    rundir.atomic_write_text(out / "sweep.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    for cell, plan in zip(cells, plans):
-        write_cell(cell, plan, out / cell.id, spec, args.python)
-    rundir.atomic_write_text(out / "cells.csv", cells_csv(cells, plans))
-    print_plan(cells, plans, spec.resources)
-    rerun = set(_split(args.rerun))
-    bad_states = rerun - set(rundir.STATES)
-    todo = []
-    for c, p in zip(cells, plans):
-        state = rundir.read_status(out / c.id).get("state", "pending")
-        if p.fits and (state in ("pending", "predicted-oom") or state in rerun):
-            todo.append(out / c.id)
-    if bad_states:
-        print(f"error: --rerun takes states from {', '.join(rundir.STATES)}; got {', '.join(sorted(bad_states))}",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if args.dry_run:
-        print(f"dry run: wrote {len(cells)} cells to {out}; nothing submitted")
-        return 0
-    print(f"{len(todo)} cell(s) to run, {len(cells) - len(todo)} skipped (done, in flight or predicted OOM)")
-    executor_name = args.executor or default_executor()
-    if executor_name == "slurm":
-        return submit_slurm(args, spec, out, todo)
-    if executor_name != "local":
-        print(f"error: executor {executor_name!r} is not available yet; use local or slurm", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    from launch.submit import LocalExecutor
-    LocalExecutor(python=args.python).submit(todo)
-    return print_results(out)
+    statuses = submit.refresh(cell_dirs)
+    counts = {}
+    for s in statuses.values():
+        counts[s.get("state", "pending")] = counts.get(s.get("state", "pending"), 0) + 1
+    order = [s for s in rundir.STATES if s in counts]
+    print(f"{out}: {len(cell_dirs)} cell(s): " + ", ".join(f"{s} {counts[s]}" for s in order))
+    held = {d: s for d, s in statuses.items() if s.get("state") in submit.IN_FLIGHT}
+    if held:
+        slurm = {}
+        for s in held.values():
+            slurm[s.get("slurm_state") or "?"] = slurm.get(s.get("slurm_state") or "?", 0) + 1
+        print("in flight, by SLURM state: " + ", ".join(f"{k} {v}" for k, v in sorted(slurm.items())))
+    bad = [(d, s) for d, s in statuses.items() if s.get("state") in ("failed", "oom", "preempted")]
+    for d, s in bad:
+        job = submit._job_id(s)
+        print(f"\n{s['state'].upper()} {d.name}" + (f"  (job {job})" if job else ""))
+        if s.get("error"):
+            print(f"  error: {str(s['error']).splitlines()[0][:300]}")
+        tail = s.get("log_tail") or submit.log_tail(submit.last_log(d))
+        for line in tail.splitlines():
+            print(f"  | {line}")
+    if bad:
+        states = ",".join(sorted({s["state"] for _, s in bad}))
+        print(f"\nre-run them: python launch/grid.py --config {out / 'sweep.yaml'} --out {out} --rerun {states}")
+    return 0
 
 
 def print_results(out: Path) -> int:
@@ -234,22 +342,80 @@ def print_results(out: Path) -> int:
     return 0 if all(r["status"] in ("done", "predicted-oom") for r in rows) else 1
 
 
-def submit_slurm(args, spec: SweepSpec, out: Path, todo: list) -> int:
-    from tqdm import tqdm
+# ---------------------------------------------------------------------------------------------
 
-    from launch.submit import SlurmExecutor
-    if not todo:
-        return print_results(out)
-    jobs = SlurmExecutor(out, spec.resources, python=args.python, max_parallel=args.max_parallel).submit(
-        todo, job_name=spec.name)
-    if not args.wait:
-        print(f"submitted {len(jobs)} cell(s); follow with: python -m launch.report {out}")
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.status:
+        return show_status(Path(args.status))
+    try:
+        spec = build_spec(args)
+        executor, hosts = resolve_executor(args, spec)
+        cells = expand(spec)
+        plans = plan_cells(cells, spec.resources)
+        rerun = set(_split(args.rerun))
+        if rerun - set(rundir.STATES):
+            raise ConfigError(f"--rerun takes states from {', '.join(rundir.STATES)}; got "
+                              f"{', '.join(sorted(rerun - set(rundir.STATES)))}")
+        out = Path(args.out or Path("runs") / spec.name)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"output directory {out} is a file")
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    hosts_text = "".join(f"{h} slots={n}\n" for h, n in hosts)
+    ctx = render.Context(sweep=spec.name, python=args.python, hosts=hosts,
+                         hostfile=out.resolve() / render.HOSTFILE if hosts else None)
+    write_sweep(out, spec, cells, plans, ctx, hosts_text)
+    print_plan(cells, plans, spec.resources)
+    todo = select(out, cells, plans, rerun, args.submit_oom)
+    if args.dry_run:
+        if hosts:
+            print_hostfile_commands([out / c.id for c in cells], hosts)
+        print(f"dry run: wrote {len(cells)} cells to {out}; nothing submitted")
         return 0
-    for job in tqdm(jobs, desc="waiting", unit="cell"):
-        try:
-            job.result()
-        except Exception:  # noqa: BLE001 - the cell's status.json and log say why; keep waiting for the rest
-            pass
+    return run(args, executor, hosts, spec, out, todo)
+
+
+def select(out: Path, cells, plans, rerun: set, submit_oom: bool) -> list[Path]:
+    """The cells to run: pending ones (and those in a --rerun state), never predicted-OOM ones unless
+    --submit-oom; cells done or in flight are skipped (a re-run of the same command is a resume)."""
+    from launch import submit
+    statuses = submit.refresh([out / c.id for c in cells])
+    todo, oom = [], 0
+    for c, p in zip(cells, plans):
+        state = statuses[out / c.id].get("state", "pending")
+        if not p.fits and not submit_oom:
+            oom += 1
+        elif state in ("pending", "predicted-oom") or state in rerun:
+            todo.append(out / c.id)
+    note = f", {oom} predicted OOM not run (--submit-oom runs them)" if oom else ""
+    print(f"{len(todo)} cell(s) to run, {len(cells) - len(todo) - oom} skipped (done or in flight){note}")
+    return todo
+
+
+def run(args, executor: str, hosts, spec: SweepSpec, out: Path, todo: list) -> int:
+    from launch import submit
+    if executor == "slurm":
+        if not todo:
+            return print_results(out)
+        slurm = submit.SlurmExecutor(out, spec.resources, max_parallel=args.max_parallel)
+        jobs = slurm.submit(todo, job_name=spec.name)
+        if not args.wait:
+            print(f"submitted {len(jobs)} cell(s); follow with: python launch/grid.py --status {out}")
+            return 0
+        slurm.wait(jobs, todo)
+        return print_results(out)
+    if executor == "hostfile":
+        runner = submit.HostfileExecutor(hosts)
+        if runner.missing() and todo:
+            print(f"not run: {runner.missing()}. Run on every host by hand (no ssh needed):", file=sys.stderr)
+            print_hostfile_commands(todo, hosts)
+            return 1
+        runner.submit(todo)
+        return print_results(out)
+    submit.LocalExecutor(python=args.python).submit(todo)
     return print_results(out)
 
 

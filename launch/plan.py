@@ -483,6 +483,7 @@ class _Cell:
     per_sample_act: float = 0.0
     per_sample_logits: float = 0.0
     step: dict = field(hash=False, default_factory=dict)
+    slack: float = 0.0  # allocator transients at the peak (CUDA only: calibrated on the H100)
 
     @property
     def fwd_total(self) -> float:
@@ -563,7 +564,8 @@ def _cell_terms(spec: ModelSpec, method: str, rank: int, targets: tuple, seq_len
                                         mode, ckpt, eager, lora_dropout)
     tokens = seq_len
     cell = _Cell(fixed_fwd=fwd, per_sample_act=tokens * (c0 + c1 * seq_len),
-                 per_sample_logits=tokens * logits, step=step)
+                 per_sample_logits=tokens * logits, step=step,
+                 slack=COEFFS["transients_gib"] * GIB if preset.device == "cuda" else 0.0)
     if preset.device == "cuda" and precision == "bf16" and not preset.bf16:
         notes.append(f"{preset.name} has no bf16: the Trainer needs fp16 there (same memory)")
     if spec.kind == "seq2seq":
@@ -573,7 +575,7 @@ def _cell_terms(spec: ModelSpec, method: str, rank: int, targets: tuple, seq_len
 
 def _peak_bytes(cell: _Cell, micro_batch: int) -> float:
     fwd = cell.fwd_total + micro_batch * (cell.per_sample_act + cell.per_sample_logits)
-    return max(fwd, cell.step_total) + COEFFS["transients_gib"] * GIB
+    return max(fwd, cell.step_total) + cell.slack
 
 
 def _peak_terms(cell: _Cell, micro_batch: int) -> tuple[str, dict]:
@@ -583,7 +585,7 @@ def _peak_terms(cell: _Cell, micro_batch: int) -> tuple[str, dict]:
         terms, phase = fwd, "forward"
     else:
         terms, phase = dict(cell.step, activations=0.0, logits=0.0), "step"
-    terms["slack"] = COEFFS["transients_gib"] * GIB
+    terms["slack"] = cell.slack
     return phase, terms
 
 
@@ -639,7 +641,7 @@ def plan_cell(run: dict, *, gpu: str, gpus: int = 1, zero: int = 0, offload: str
     # largest micro batch that fits, everything else equal (binary search; the peak grows with it)
     fwd0, step0 = cell.fwd_total, cell.step_total
     per = cell.per_sample_act + cell.per_sample_logits
-    slack = COEFFS["transients_gib"] * GIB
+    slack = cell.slack
 
     def fits_at(b: int) -> bool:
         return max(fwd0 + b * per, step0) + slack <= capacity

@@ -2,26 +2,34 @@
 
 Templates are data; this module only builds their context. Jinja runs with StrictUndefined (a
 missing value is an error, never an empty string) and one filter, `shquote`, quotes every value
-that reaches a shell line.
+that reaches a shell line. `cell_files` is pure (text in memory, nothing written), so a sweep can be
+rendered, compared or benchmarked without touching the disk.
 """
 from __future__ import annotations
 
+import functools
 import json
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
+import yaml
+
+from launch.spec import container_flags, sbatch_line
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_PY = PROJECT_ROOT / "finetune" / "train.py"
 SIGNAL_GRACE_S = 120  # SLURM sends USR1 this long before the time limit: time to checkpoint
+HOSTFILE = "hosts.txt"  # the sweep's copy of --hostfile, next to its cells
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's emitter where installed
 
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([PROJECT_ROOT / "slurm_templates", PROJECT_ROOT / "ds_configs"]),
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
-        trim_blocks=False, lstrip_blocks=False)
+        trim_blocks=False, lstrip_blocks=False, auto_reload=False)  # no stat of the template per render
     env.filters["shquote"] = lambda value: shlex.quote(str(value))
     return env
 
@@ -29,16 +37,109 @@ def _environment() -> jinja2.Environment:
 ENV = _environment()
 
 
+@functools.lru_cache(maxsize=None)
+def _template(name: str) -> jinja2.Template:
+    return ENV.get_template(name)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)  # typed: 1, 1.0 and True dump differently
+def _yaml_item(key: str, value) -> str:
+    value = list(value) if isinstance(value, tuple) else value
+    return yaml.dump({key: value}, Dumper=_YAML_DUMPER, sort_keys=False)
+
+
+def yaml_mapping(data: dict) -> str:
+    """yaml.dump of a flat mapping, built from cached per-key dumps: a block mapping's entries are
+    emitted independently, so the text is identical, and most (key, value) pairs repeat across a
+    sweep's cells (PyYAML's representer is otherwise the slowest part of rendering 10k cells)."""
+    out = []
+    for key, value in data.items():
+        try:
+            out.append(_yaml_item(key, tuple(value) if isinstance(value, list) else value))
+        except TypeError:  # unhashable (a nested mapping): dumped as is
+            out.append(yaml.dump({key: value}, Dumper=_YAML_DUMPER, sort_keys=False))
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every cell of a sweep renders with (the same for all its cells)."""
+    sweep: str
+    python: str
+    project_root: Path = PROJECT_ROOT
+    hosts: tuple = ()             # ((host, slots), ...): also render the hostfile runner scripts
+    hostfile: Path | None = None  # where the sweep's copy of the hostfile lives
+
+    @functools.cached_property
+    def train_py(self) -> Path:
+        return Path(self.project_root) / "finetune" / "train.py"
+
+
+@functools.lru_cache(maxsize=None)
+def _ds_config_text(zero: int, offload: str, pin_memory: bool) -> str:
+    text = _template("zero.json.j2").render(zero=zero, offload=offload, pin_memory=pin_memory)
+    return json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"  # parsed: the template must be JSON
+
+
 def ds_config(zero: int, offload: str, *, pin_memory: bool = True) -> dict:
-    text = ENV.get_template("zero.json.j2").render(zero=zero, offload=offload, pin_memory=pin_memory)
-    return json.loads(text)
+    return json.loads(_ds_config_text(zero, offload, pin_memory))
 
 
-def sbatch(*, cell, sweep: str, run_dir: Path, plan, python: str, project_root: Path = PROJECT_ROOT,
-           nproc_per_node: int = 1) -> str:
-    run_dir = Path(run_dir)
-    paths = {"job": run_dir / "job.sbatch", "cell_yaml": run_dir / "cell.yaml", "logs": run_dir / "logs"}
-    return ENV.get_template("job.sbatch.j2").render(
-        cell=cell, sweep=sweep, res=cell.resources.__dict__, plan=plan, paths=paths, python=python,
-        train_py=Path(project_root) / "finetune" / "train.py", project_root=project_root,
-        nproc_per_node=nproc_per_node, signal_grace=SIGNAL_GRACE_S)
+def _paths(run_dir: Path, hostfile: Path | None = None) -> dict:
+    d = str(run_dir)  # plain strings: Path joins cost more than the rest of a cell's context
+    return {"job": f"{d}/job.sbatch", "cell_yaml": f"{d}/cell.yaml", "logs": f"{d}/logs",
+            "run_deepspeed": f"{d}/run_deepspeed.sh", "run_torchrun": f"{d}/run_torchrun.sh",
+            "hostfile": str(hostfile) if hostfile else None}
+
+
+def _common(cell, plan, run_dir: Path, ctx: Context) -> dict:
+    res = cell.resources
+    return dict(cell=cell, sweep=ctx.sweep, res=res.__dict__, plan=plan, paths=_paths(run_dir, ctx.hostfile),
+                python=ctx.python, train_py=ctx.train_py, project_root=ctx.project_root,
+                nproc_per_node=res.nproc_per_node)
+
+
+def sbatch(*, cell, sweep: str, run_dir: Path, plan, python: str, project_root: Path = PROJECT_ROOT) -> str:
+    ctx = Context(sweep=sweep, python=python, project_root=project_root)
+    return _sbatch(cell, plan, run_dir, ctx)
+
+
+def _sbatch(cell, plan, run_dir: Path, ctx: Context) -> str:
+    res = cell.resources
+    return _template("job.sbatch.j2").render(
+        **_common(cell, plan, run_dir, ctx), signal_grace=SIGNAL_GRACE_S,
+        sbatch_extra=[sbatch_line(line) for line in res.sbatch], container=container_flags(res.container))
+
+
+def hostfile_port(cell) -> int:
+    """A rendezvous port per cell (from its id's hash), so cells started side by side never collide."""
+    return 29500 + int(cell.id.rsplit("_", 1)[-1], 16) % 20000
+
+
+def hostfile_scripts(cell, plan, run_dir: Path, ctx: Context) -> dict[str, str]:
+    """run_deepspeed.sh (DeepSpeed's launcher over the hostfile) and run_torchrun.sh (the same with
+    torchrun, one copy per host with its node rank)."""
+    context = dict(_common(cell, plan, run_dir, ctx), hosts=ctx.hosts, port=hostfile_port(cell))
+    return {name: _template(f"{name}.j2").render(**context)
+            for name in ("run_deepspeed.sh", "run_torchrun.sh")}
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan_json(plan) -> str:  # cells that differ only in lr, seed or data share one Plan object
+    return json.dumps(plan.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
+
+
+def cell_files(cell, plan, run_dir: Path, ctx: Context) -> dict[str, str]:
+    """Every rendered file of one cell, by name: cell.yaml, plan.json, job.sbatch, ds_config.json
+    (only when DeepSpeed runs: ZeRO >= 1) and, with hosts, the hostfile runner scripts."""
+    run = dict(cell.run, output_dir="", deepspeed="ds_config.json" if plan.zero > 0 else None)
+    files = {"cell.yaml": yaml_mapping(run), "plan.json": _plan_json(plan),
+             "job.sbatch": _sbatch(cell, plan, run_dir, ctx)}
+    if plan.zero > 0:
+        files["ds_config.json"] = _ds_config_text(plan.zero, plan.offload, True)
+    if ctx.hosts:
+        files.update(hostfile_scripts(cell, plan, run_dir, ctx))
+    return files
+
+
+EXECUTABLE = ("job.sbatch", "run_deepspeed.sh", "run_torchrun.sh")

@@ -2,8 +2,14 @@
 
 `expand(spec) -> list[Cell]` is a pure function: no Jinja, no SLURM, no files. A `Cell` is frozen
 and carries the run config it will train (a dict of `finetune.config.RunConfig` fields) and the
-resources it asks for. Its id is a readable slug plus a short hash of everything that defines it,
-so the same cell gets the same id on every re-run of the sweep.
+resources it asks for. Its id is a readable slug plus a short hash of everything that defines the
+training run (the run-config values that differ from RunConfig's defaults, and the resources that
+change the world size or numerics), so the same cell gets the same id on every re-run of the sweep,
+and a new run-config field with a default does not rename the cells of existing sweeps.
+
+The grid is the product of the axes, except that zipped axes move together (`zip: [ranks, alphas]`),
+then filtered by rules: a cell is kept if it matches no `exclude` rule and (there are no `include`
+rules or it matches one). A rule maps axis names (singular: model, rank, ...) to a value or a list.
 """
 from __future__ import annotations
 
@@ -15,23 +21,47 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune.config import LORA_METHODS, METHODS, ConfigError, RunConfig, did_you_mean, from_dict, slug
+from finetune import config as run_config
+from finetune.config import LORA_METHODS, METHODS, ConfigError, RunConfig, coerce, did_you_mean, slug
 
-# Axes: swept with a cartesian product. Each is a list in the spec.
-AXES = ("models", "methods", "ranks", "alphas", "lrs", "datasets", "seeds")
+# Axes: swept with a cartesian product (or zipped). Each is a list in the spec.
+AXES = ("models", "methods", "ranks", "alphas", "lrs", "datasets", "tasks", "seeds")
+AXIS_FIELD = {"models": "model", "methods": "method", "ranks": "rank", "alphas": "alpha", "lrs": "lr",
+              "datasets": "dataset", "tasks": "task", "seeds": "seed"}
+RULE_KEYS = tuple(AXIS_FIELD.values())
 # RunConfig fields a sweep may fix for all its cells (the rest are per-axis or the entrypoint's own).
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig)
-                   if f.name not in ("name", "output_dir", "model", "method", "rank", "alpha", "lr",
-                                     "dataset", "seed", "deepspeed", "wandb_group"))
+                   if f.name not in ("name", "output_dir", "deepspeed", "wandb_group", *RULE_KEYS))
+_RUN_DEFAULTS = dataclasses.asdict(RunConfig())
 ZERO_CHOICES = ("0", "1", "2", "3", "auto")
 OFFLOAD_CHOICES = ("none", "optimizer", "optimizer+params")
+LAUNCHERS = ("torchrun", "deepspeed")
 EXECUTORS = ("slurm", "local", "debug", "hostfile")
 SAFE_SLURM_VALUE = re.compile(r"^[A-Za-z0-9_.,:@%+=/-]*$")  # partition, account, qos, time, mem
+# A feature expression (`a100&ib`, `[rack1|rack2]`): #SBATCH lines are read by sbatch, not by a shell.
+SAFE_CONSTRAINT = re.compile(r"^[A-Za-z0-9_.,:@%+=/&|()\[\]*!-]*$")
+SBATCH_LINE = re.compile(r"^--([A-Za-z][A-Za-z0-9-]*)(?:=([A-Za-z0-9_.,:@%+=/&|()\[\]*!-]+))?$")
+# #SBATCH options the kit renders itself: an extra line must not silently override them.
+MANAGED_SBATCH = {"job-name": "the cell id", "nodes": "nodes", "ntasks-per-node": "one task per node",
+                  "ntasks": "one task per node", "cpus-per-task": "cpus_per_task",
+                  "gpus-per-node": "gpus_per_node", "mem": "mem", "time": "time", "partition": "partition",
+                  "account": "account", "qos": "qos", "constraint": "constraint", "exclusive": "exclusive",
+                  "output": "the cell's logs/", "error": "the cell's logs/", "signal": "the checkpoint signal",
+                  "requeue": "requeue", "open-mode": "append", "array": "the executor"}
+# pyxis (enroot) srun flags: `container: {image: ..., mounts: ...}` renders `--container-image=...`.
+CONTAINER_VALUE_KEYS = ("image", "mounts", "workdir", "name", "save", "env")
+CONTAINER_FLAG_KEYS = ("mount-home", "remap-root", "entrypoint", "entrypoint-log", "writable", "readonly")
+CONTAINER_NEGATABLE = ("mount-home", "remap-root", "entrypoint")  # false -> --no-container-<key>
+RESOURCE_SCALARS = ("gpu", "nodes", "gpus_per_node", "zero", "offload", "cpus_per_task", "mem", "time",
+                    "partition", "account", "qos", "constraint", "exclusive", "launcher")
+# Resources that change what a cell trains (world size, numerics); the rest (queue, time, set-up,
+# launcher) may change between re-runs without making a done cell a new cell.
+IDENTITY_RESOURCES = ("gpu", "nodes", "gpus_per_node", "zero", "offload")
 
 
 @dataclass
 class Resources:
-    gpu: str = "h100-80gb"        # GPU preset (see launch/plan.py); `cpu` for CPU-only runs
+    gpu: str = "h100-80gb"        # GPU preset (see launch/gpus.yaml); `cpu` for CPU-only runs
     nodes: int = 1
     gpus_per_node: int = 1
     zero: str = "auto"            # 0..3 or auto (lowest stage, then offload, that fits the preset)
@@ -42,10 +72,20 @@ class Resources:
     partition: str = ""
     account: str = ""
     qos: str = ""
+    constraint: str = ""          # SLURM --constraint: node features, e.g. `a100&ib`
+    exclusive: bool = False       # SLURM --exclusive: whole nodes
+    launcher: str = "torchrun"    # torchrun (srun on every node) | deepspeed (its launcher, pdsh/ssh)
+    sbatch: tuple = ()            # extra #SBATCH options, each `--key=value` or `--flag`
+    setup: tuple = ()             # shell lines before the launcher (module load, activate), verbatim
+    container: dict = field(default_factory=dict)  # pyxis flags for srun, e.g. {"image": "nvcr.io/..."}
 
     @property
     def world_size(self) -> int:
         return self.nodes * max(self.gpus_per_node, 1)
+
+    @property
+    def nproc_per_node(self) -> int:
+        return max(self.gpus_per_node, 1)  # CPU runs: one process per node
 
 
 @dataclass
@@ -57,8 +97,13 @@ class SweepSpec:
     alphas: list = field(default_factory=lambda: ["2r"])  # a number, or a multiple of the rank: "2r"
     lrs: list = field(default_factory=lambda: [2e-4])
     datasets: list = field(default_factory=lambda: ["wordnet:small"])
+    tasks: list = field(default_factory=lambda: ["sft"])
     seeds: list = field(default_factory=lambda: [0])
     train: dict = field(default_factory=dict)             # fixed RunConfig fields for every cell
+    global_batch: int | None = None                       # sets grad_accum = global / (micro x world)
+    zip: list = field(default_factory=list)               # groups of axes that move together
+    include: list = field(default_factory=list)           # rules: keep only cells matching one
+    exclude: list = field(default_factory=list)           # rules: drop cells matching any
     resources: Resources = field(default_factory=Resources)
 
 
@@ -71,57 +116,111 @@ class Cell:
     params: tuple = ()                     # (axis, value) pairs that define the cell, for tables
 
 
-def resolve_alpha(alpha: Any, rank: int) -> float:
+# ---------------------------------------------------------------------------------------------
+# values
+
+
+def typed_axis(axis: str, values: list) -> list:
+    """Axis values from YAML or a comma list, typed like their RunConfig field (YAML reads 1e-4 as text)."""
+    name = AXIS_FIELD[axis]
+    if name in ("rank", "lr", "seed"):
+        return [coerce(name, v) for v in values]
+    if name == "alpha":
+        return [_alpha_value(v) for v in values]
+    return [str(v) for v in values]
+
+
+def _alpha_value(alpha: Any):
+    """`2r` stays a multiple of the rank (normalised text), anything else is a number."""
     text = str(alpha).strip()
     try:
-        value = float(text[:-1]) * rank if text.endswith("r") else float(text)
+        return f"{float(text[:-1]):g}r" if text.endswith("r") else float(text)
     except ValueError:
         raise ConfigError(f"alpha {alpha!r} is not a number or a multiple of the rank like '2r'") from None
+
+
+def resolve_alpha(alpha: Any, rank: int) -> float:
+    value = _alpha_value(alpha)
+    value = float(value[:-1]) * rank if isinstance(value, str) else value
     if value <= 0:
         raise ConfigError(f"alpha must be positive, got {alpha!r}")
     return value
 
 
-def cell_id(run: dict, resources: Resources) -> str:
-    name = [run["model"], run["method"]]
-    if run["method"] in LORA_METHODS:
-        name += [f"r{run['rank']}", f"a{run['alpha']:g}"]
-    name += [f"lr{run['lr']:.0e}", run["dataset"].split("/")[-1], f"s{run['seed']}"]
-    blob = json.dumps({"run": run, "resources": dataclasses.asdict(resources)}, sort_keys=True, default=str)
-    return slug("_".join(str(x) for x in name)) + "_" + hashlib.sha1(blob.encode()).hexdigest()[:6]
+def parse_bool(key: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key} is a flag: true or false, got {value!r}")
 
 
-def expand(spec: SweepSpec) -> list[Cell]:
-    """The cartesian product of the axes, deduplicated (full fine-tuning ignores rank and alpha)."""
-    for axis in AXES:
-        if not getattr(spec, axis):
-            raise ConfigError(f"axis {axis!r} is empty")
-    cells, seen = [], set()
-    for model, method, rank, alpha, lr, dataset, seed in itertools.product(
-            *(getattr(spec, axis) for axis in AXES)):
-        if method not in METHODS:
-            raise ConfigError(f"unknown method {method!r}{did_you_mean(method, METHODS)}")
-        run = dict(spec.train, name="", model=model, method=method, lr=lr, dataset=dataset, seed=seed,
-                   wandb_group=spec.name)
-        params = [("model", model), ("method", method)]
-        if method in LORA_METHODS:
-            if int(rank) <= 0:
-                raise ConfigError(f"rank must be a positive integer, got {rank}")
-            run.update(rank=rank, alpha=resolve_alpha(alpha, int(rank)))
-            params += [("rank", rank), ("alpha", run["alpha"])]
-        params += [("lr", lr), ("dataset", dataset), ("seed", seed)]
-        resolved = from_dict(run).to_dict()  # validates every value, fills defaults
-        resolved.pop("output_dir")
-        resolved.pop("name")
-        key = json.dumps(resolved, sort_keys=True, default=str)
-        if key in seen:
-            continue
-        seen.add(key)
-        cid = cell_id(resolved, spec.resources)
-        resolved["name"] = cid
-        cells.append(Cell(id=cid, index=len(cells), run=resolved, resources=spec.resources,
-                          params=tuple(params)))
-    return cells
+def parse_int(key: str, value) -> int:
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not a valid int") from None
+
+
+def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
+    """Gradient accumulation steps for a target global batch: global = micro x accumulation x world."""
+    per_step = micro_batch * world_size
+    if global_batch <= 0 or global_batch % per_step:
+        raise ConfigError(f"global batch {global_batch} is not a positive multiple of micro_batch {micro_batch} "
+                          f"x world size {world_size} = {per_step}")
+    return global_batch // per_step
+
+
+# ---------------------------------------------------------------------------------------------
+# cluster-side values: checked here so nothing unsafe reaches a rendered script
+
+
+def sbatch_line(line: str) -> tuple[str, str | None]:
+    """`--key=value`, `--flag` (or without the dashes) -> (key, value or None)."""
+    text = str(line).strip()
+    text = text if text.startswith("--") else "--" + text
+    match = SBATCH_LINE.match(text)
+    if not match:
+        raise ConfigError(f"sbatch line {line!r} must look like --key=value or --flag (letters, digits and "
+                          f"_.,:@%+=/&|()[]*!- only; no spaces or newlines)")
+    key, value = match.groups()
+    if key in MANAGED_SBATCH:
+        raise ConfigError(f"sbatch line {line!r} sets --{key}, which the sweep renders itself "
+                          f"({MANAGED_SBATCH[key]}): set it there")
+    return key, value
+
+
+def container_flags(container: dict) -> list[tuple[str, str | None]]:
+    """A `container:` mapping -> pyxis srun flags as (flag, value or None), sorted for stable output."""
+    flags = []
+    for raw_key, value in sorted(container.items()):
+        key = str(raw_key).removeprefix("--").removeprefix("container-")
+        if key in CONTAINER_VALUE_KEYS:
+            if isinstance(value, bool) or value is None or not str(value).strip() or "\n" in str(value):
+                raise ConfigError(f"container {key} takes one line of text, got {value!r}")
+            flags.append((f"--container-{key}", str(value)))
+        elif key in CONTAINER_FLAG_KEYS:
+            if parse_bool(f"container {key}", value):
+                flags.append((f"--container-{key}", None))
+            elif key in CONTAINER_NEGATABLE:
+                flags.append((f"--no-container-{key}", None))
+        else:
+            raise ConfigError(f"unknown container key {raw_key!r}"
+                              f"{did_you_mean(key, CONTAINER_VALUE_KEYS + CONTAINER_FLAG_KEYS)}")
+    return flags
+
+
+def setup_line(line: str) -> str:
+    """A set-up line is shell the user wrote on purpose; it is rendered verbatim, one line each."""
+    text = str(line)
+    if any(c in text for c in "\n\r\0"):
+        raise ConfigError(f"setup line {text!r} holds a line break: give each shell line separately")
+    return text
 
 
 def validate_resources(res: Resources) -> None:
@@ -129,6 +228,8 @@ def validate_resources(res: Resources) -> None:
         raise ConfigError(f"unknown zero stage {res.zero!r}{did_you_mean(res.zero, ZERO_CHOICES)}")
     if res.offload not in OFFLOAD_CHOICES:
         raise ConfigError(f"unknown offload {res.offload!r}{did_you_mean(res.offload, OFFLOAD_CHOICES)}")
+    if res.launcher not in LAUNCHERS:
+        raise ConfigError(f"unknown launcher {res.launcher!r}{did_you_mean(res.launcher, LAUNCHERS)}")
     for key in ("nodes", "cpus_per_task"):
         if getattr(res, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(res, key)}")
@@ -139,3 +240,237 @@ def validate_resources(res: Resources) -> None:
         if not SAFE_SLURM_VALUE.match(value):
             raise ConfigError(f"{key} {value!r} has characters SLURM does not take (allowed: letters, "
                               f"digits and _.,:@%+=/-)")
+    if not SAFE_CONSTRAINT.match(res.constraint):
+        raise ConfigError(f"constraint {res.constraint!r} has characters SLURM does not take (allowed: letters, "
+                          f"digits and _.,:@%+=/&|()[]*!-)")
+    for line in res.sbatch:
+        sbatch_line(line)
+    for line in res.setup:
+        setup_line(line)
+    container_flags(res.container)
+    if res.container and res.launcher == "deepspeed":
+        raise ConfigError("container flags need the torchrun launcher: pyxis wraps srun steps, and the DeepSpeed "
+                          "launcher starts remote ranks over pdsh/ssh, outside the container")
+
+
+# ---------------------------------------------------------------------------------------------
+# hostfile (servers without SLURM)
+
+HOSTFILE_LINE = re.compile(r"^([A-Za-z0-9_.-]+)\s+slots=(\d+)$")
+
+
+def parse_hostfile(text: str, name: str = "hostfile") -> tuple[tuple[str, int], ...]:
+    """`host slots=N` lines (DeepSpeed's format; # comments and blank lines allowed) -> ((host, N), ...).
+    Every host must have the same slots: torchrun runs one --nproc_per_node on every node."""
+    hosts = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = HOSTFILE_LINE.match(line)
+        if not match or int(match.group(2)) < 1:
+            raise ConfigError(f"{name} line {number}: {raw.strip()!r} is not `HOST slots=N` (N >= 1)")
+        host, slots = match.group(1), int(match.group(2))
+        if any(h == host for h, _ in hosts):
+            raise ConfigError(f"{name} line {number}: host {host!r} is listed twice")
+        if hosts and slots != hosts[0][1]:
+            raise ConfigError(f"{name} line {number}: slots={slots} differs from slots={hosts[0][1]} of "
+                              f"{hosts[0][0]}; every host needs the same slots (one --nproc_per_node)")
+        hosts.append((host, slots))
+    if not hosts:
+        raise ConfigError(f"{name} lists no hosts (one `HOST slots=N` line per node)")
+    return tuple(hosts)
+
+
+# ---------------------------------------------------------------------------------------------
+# whole-spec checks: every unknown name at once, before anything is expanded or written
+
+
+def _zip_groups(spec: SweepSpec) -> list[tuple[str, ...]]:
+    groups = spec.zip
+    if groups and all(isinstance(g, str) for g in groups):
+        groups = [groups]  # `zip: [ranks, alphas]` is one group
+    return [tuple(g) for g in groups]
+
+
+def name_problems(spec: SweepSpec) -> list[str]:
+    """One message per unknown model, method, task, zipped axis or rule key/value."""
+    problems = []
+    choices = {"models": sorted(run_config.registry()), "methods": METHODS,
+               "tasks": run_config.TASKS}  # read at call time: finetune adds tasks
+    for axis, valid in choices.items():
+        for value in getattr(spec, axis):
+            if value not in valid:
+                problems.append(f"unknown {AXIS_FIELD[axis]} {value!r}{did_you_mean(value, valid)}")
+    seen = set()
+    for group in _zip_groups(spec):
+        for axis in group:
+            if axis not in AXES:
+                problems.append(f"zip: unknown axis {axis!r}{did_you_mean(axis, AXES)}")
+            elif axis in seen:
+                problems.append(f"zip: axis {axis!r} is in more than one group")
+            seen.add(axis)
+        lengths = {a: len(getattr(spec, a)) for a in group if a in AXES}
+        if len(set(lengths.values())) > 1:
+            problems.append("zip: zipped axes need equal lengths, got "
+                            + ", ".join(f"{a} {n}" for a, n in lengths.items()))
+    universe = _universe(spec)
+    for kind in ("include", "exclude"):
+        rules = getattr(spec, kind)
+        if not isinstance(rules, list):
+            problems.append(f"{kind} takes a list of rules like [{{model: mixtral-8x7b, method: full}}]")
+            continue
+        for number, rule in enumerate(rules, 1):
+            if not isinstance(rule, dict) or not rule:
+                problems.append(f"{kind} rule {number} must be a mapping like {{model: mixtral-8x7b}}")
+                continue
+            for key, value in rule.items():
+                if key not in RULE_KEYS:
+                    problems.append(f"{kind} rule {number}: unknown key {key!r}{did_you_mean(key, RULE_KEYS)}")
+                    continue
+                for v in _typed_rule(key, value):
+                    if v not in universe[key]:
+                        on_axis = sorted(universe[key], key=str)
+                        problems.append(f"{kind} rule {number}: {key} {v!r} is not on the {key}s axis"
+                                        f"{did_you_mean(v, on_axis)}")
+    return problems
+
+
+def _typed_rule(key: str, value) -> list:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return typed_axis(key + "s", values)  # rule keys are the axes' singular names
+
+
+def _universe(spec: SweepSpec) -> dict[str, set]:
+    """Every value a rule may name: the axes' values (alphas also as resolved numbers)."""
+    out = {AXIS_FIELD[a]: set(getattr(spec, a)) for a in AXES}
+    for alpha in spec.alphas:
+        for rank in spec.ranks:
+            try:
+                out["alpha"].add(resolve_alpha(alpha, int(rank)))
+            except (ConfigError, ValueError):
+                pass  # a bad alpha or rank is reported by expand with its own message
+    return out
+
+
+def _typed_rules(rules: list) -> list[dict[str, set]]:
+    return [{key: set(_typed_rule(key, value)) for key, value in rule.items()} for rule in rules]
+
+
+def _matches(rule: dict[str, set], point: dict[str, set]) -> bool:
+    return all(point[key] & values for key, values in rule.items())
+
+
+def check(spec: SweepSpec) -> None:
+    """Validate the whole spec: all unknown names in one line, then resources and batch settings."""
+    problems = name_problems(spec)
+    if problems:
+        raise ConfigError(" | ".join(problems))
+    for axis in AXES:
+        if not getattr(spec, axis):
+            raise ConfigError(f"axis {axis!r} is empty")
+    validate_resources(spec.resources)
+    if spec.global_batch is not None and "grad_accum" in spec.train:
+        raise ConfigError("give grad_accum or global_batch, not both (global = micro x accumulation x world)")
+
+
+# ---------------------------------------------------------------------------------------------
+# expansion
+
+
+def identity(resources: Resources) -> dict:
+    return {key: getattr(resources, key) for key in IDENTITY_RESOURCES}
+
+
+def cell_id(run: dict, resources: Resources) -> str:
+    return _cell_id(run, json.dumps(identity(resources), sort_keys=True))
+
+
+def _cell_id(run: dict, resources_json: str) -> str:
+    name = [run["model"], run["method"]]
+    if run["method"] in LORA_METHODS:
+        name += [f"r{run['rank']}", f"a{run['alpha']:g}"]
+    name += [f"lr{run['lr']:.0e}", run["dataset"].split("/")[-1]]
+    if run.get("task", "sft") != "sft":
+        name.append(run["task"])
+    name.append(f"s{run['seed']}")
+    changed = {k: v for k, v in run.items() if k not in _RUN_DEFAULTS or v != _RUN_DEFAULTS[k]}
+    blob = json.dumps(changed, sort_keys=True, default=str) + resources_json
+    return slug("_".join(str(x) for x in name)) + "_" + hashlib.sha1(blob.encode()).hexdigest()[:6]
+
+
+def _dimensions(spec: SweepSpec) -> list[list[dict]]:
+    """One list per dimension of the product: a free axis, or a zipped group moving together."""
+    groups = {axis: group for group in _zip_groups(spec) for axis in group}
+    dims, done = [], set()
+    for axis in AXES:
+        if axis in done:
+            continue
+        group = groups.get(axis, (axis,))
+        done.update(group)
+        dims.append([dict(zip(group, values)) for values in zip(*(getattr(spec, a) for a in group))])
+    return dims
+
+
+def expand(spec: SweepSpec) -> list[Cell]:
+    """The (zipped) product of the axes, filtered by the rules, deduplicated (full fine-tuning ignores
+    rank and alpha)."""
+    # Typed like the CLI types them, so `SweepSpec(lrs=["1e-4"])` and `lrs: [1e-4]` in YAML agree.
+    spec = dataclasses.replace(spec, **{a: typed_axis(a, list(getattr(spec, a))) for a in AXES})
+    check(spec)
+    res_json = json.dumps(identity(spec.resources), sort_keys=True)
+    train = dict(spec.train)
+    if spec.global_batch is not None:
+        micro = int(train.get("micro_batch", RunConfig.micro_batch))
+        train["grad_accum"] = accumulation(spec.global_batch, micro, spec.resources.world_size)
+    include, exclude = _typed_rules(spec.include), _typed_rules(spec.exclude)
+    cells, seen = [], set()
+    for combo in itertools.product(*_dimensions(spec)):
+        point = {AXIS_FIELD[axis]: value for part in combo for axis, value in part.items()}
+        run = dict(train, name="", model=point["model"], method=point["method"], lr=point["lr"],
+                   dataset=point["dataset"], task=point["task"], seed=point["seed"], wandb_group=spec.name)
+        lora = point["method"] in LORA_METHODS
+        if lora:
+            if int(point["rank"]) <= 0:
+                raise ConfigError(f"rank must be a positive integer, got {point['rank']}")
+            run.update(rank=point["rank"], alpha=resolve_alpha(point["alpha"], int(point["rank"])))
+        if include or exclude:
+            keys = {k: {v} for k, v in point.items()}
+            keys["rank"] = {point["rank"]} if lora else set()        # rank rules never match full cells
+            keys["alpha"] = {point["alpha"], run["alpha"]} if lora else set()
+            if any(_matches(r, keys) for r in exclude) or (include and not any(_matches(r, keys) for r in include)):
+                continue
+        # The fixed training settings are the same for every cell: these values tell runs apart.
+        key = (point["model"], point["method"], run.get("rank"), run.get("alpha"), point["lr"], point["dataset"],
+               point["task"], point["seed"])
+        if key in seen:  # e.g. the same full fine-tune from every rank, or 2r == 16 at rank 8
+            continue
+        seen.add(key)
+        cfg = run_config.from_dict(run)  # validates every value, fills defaults
+        # A shallow copy of the fields: dataclasses.asdict deep-copies and dominates 10k-cell sweeps.
+        resolved = dict(vars(cfg))
+        del resolved["output_dir"], resolved["name"]
+        cid = _cell_id(resolved, res_json)
+        resolved["name"] = cid
+        params = [("model", point["model"]), ("method", point["method"])]
+        if lora:
+            params += [("rank", point["rank"]), ("alpha", resolved["alpha"])]
+        params += [("lr", point["lr"]), ("dataset", point["dataset"]), ("task", point["task"]),
+                   ("seed", point["seed"])]
+        cells.append(Cell(id=cid, index=len(cells), run=resolved, resources=spec.resources,
+                          params=tuple(params)))
+    if not cells:
+        raise ConfigError("the include/exclude rules leave no cells")
+    return cells
+
+
+def to_yaml_dict(spec: SweepSpec) -> dict:
+    """The resolved spec in the sweep-file layout (`--config runs/<sweep>/sweep.yaml` re-creates it)."""
+    res = dataclasses.asdict(spec.resources)
+    out = {"name": spec.name, **{a: list(getattr(spec, a)) for a in AXES}, "train": dict(spec.train)}
+    if spec.global_batch is not None:
+        out["train"]["global_batch"] = spec.global_batch
+    out.update(zip=[list(g) for g in _zip_groups(spec)], include=list(spec.include),
+               exclude=list(spec.exclude), setup=list(res.pop("setup")), sbatch=list(res.pop("sbatch")),
+               container=dict(res.pop("container")), resources=res)
+    return out

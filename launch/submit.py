@@ -1,14 +1,17 @@
-"""Executors: run or submit rendered cells. One small interface, no dead stubs.
+"""Executors: run or submit rendered cells, and read a sweep's state back. One small interface:
 
-    executor.submit(cell_dirs) -> None    # records job ids / outcomes in each cell's status.json
+    executor.submit(cell_dirs)    # records job ids / outcomes in each cell's status.json
 
 - LocalExecutor: each cell in a fresh process on this machine, one after another (the demo, tests).
-- SlurmExecutor: the cells as submitit job arrays (see launch/grid.py --executor slurm).
-Every executor runs the same command a cell's job.sbatch runs: `finetune/train.py --cell cell.yaml`.
+- HostfileExecutor: the same, running each cell's run_deepspeed.sh (servers without SLURM).
+- SlurmExecutor: the cells as submitit job arrays, one `sbatch` call per chunk; `wait` follows them.
+Every SLURM path runs the cell's own job.sbatch: by hand (`sbatch`) or as an array task (`bash`).
+`sweep_status` reads status.json, and sacct for the cells SLURM still holds.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,18 +19,58 @@ from pathlib import Path
 
 from finetune import rundir
 
-from launch.render import PROJECT_ROOT, TRAIN_PY
+from launch.render import PROJECT_ROOT, SIGNAL_GRACE_S, TRAIN_PY
+from launch.spec import container_flags, sbatch_line
+
+IN_FLIGHT = ("submitted", "running")
+LOG_TAIL_LINES = 15
+# sacct states after which a job runs no more; how a cell that never recorded its outcome ends.
+SLURM_ENDED = {"COMPLETED": "failed", "FAILED": "failed", "CANCELLED": "failed", "TIMEOUT": "failed",
+               "NODE_FAIL": "failed", "BOOT_FAIL": "failed", "DEADLINE": "failed", "REVOKED": "failed",
+               "OUT_OF_MEMORY": "oom", "PREEMPTED": "preempted"}
 
 
 def train_command(cell_dir: Path, python: str = sys.executable) -> list[str]:
     return [python, str(TRAIN_PY), "--cell", str(Path(cell_dir) / "cell.yaml")]
 
 
-def log_tail(path: Path, lines: int = 5) -> str:
+def last_log(cell_dir: Path) -> Path | None:
+    """The cell's most recently written log (train.log of the executors, slurm-<id>.out of sbatch)."""
+    logs = [p for p in (Path(cell_dir) / "logs").glob("*") if p.is_file() and not p.name.startswith("hostfile")]
+    return max(logs, key=lambda p: p.stat().st_mtime) if logs else None
+
+
+def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
+    except (OSError, TypeError):
         return ""
+
+
+def record_exit(cell_dir: Path, code: int, log: Path) -> dict:
+    """After a cell's process ended: a failure gets the log tail in status.json, and a cell that died
+    before the entrypoint could say why (killed, bad config, launcher error) is marked failed."""
+    status = rundir.read_status(cell_dir)
+    if code == 0 and status.get("state") == "done":
+        return status
+    fields = {"exit_code": code, "log_tail": log_tail(log)}
+    if status.get("state") in rundir.TERMINAL and status.get("state") != "done":
+        return rundir.write_status(cell_dir, status["state"], **fields)
+    return rundir.write_status(cell_dir, "failed", **fields,
+                               error=f"exit code {code} before the entrypoint recorded an outcome")
+
+
+def mark_submitted(cell_dir: Path, executor: str, job_id: str | None) -> dict:
+    # A re-run starts clean: the last attempt's error, exit code and log tail are cleared (its log stays in logs/).
+    return rundir.write_status(cell_dir, "submitted", executor=executor, job_id=job_id, error=None, exit_code=None,
+                               log_tail=None, slurm_job_id=None)
+
+
+def _clean_env(**extra) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)  # a cell starts its own process group, never joins ours
+    return env
 
 
 class LocalExecutor:
@@ -39,23 +82,20 @@ class LocalExecutor:
         self.python = python
         self.echo = echo
 
+    def command(self, cell_dir: Path) -> list[str]:
+        return train_command(cell_dir, self.python)
+
     def run_one(self, cell_dir: Path) -> dict:
         cell_dir = Path(cell_dir)
         log = cell_dir / "logs" / "train.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        rundir.write_status(cell_dir, "submitted", executor=self.name, job_id=None)
+        mark_submitted(cell_dir, self.name, None)
         t0 = time.time()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            env.pop(key, None)  # a cell starts its own process group, never joins ours
         with open(log, "ab") as out:
-            code = subprocess.call(train_command(cell_dir, self.python), stdout=out, stderr=subprocess.STDOUT,
-                                   cwd=PROJECT_ROOT, env=env)
-        status = rundir.read_status(cell_dir)
-        if status.get("state") not in rundir.TERMINAL:  # died before it could say why
-            status = rundir.write_status(cell_dir, "failed", exit_code=code,
-                                         error=f"exit code {code} before the entrypoint recorded an outcome")
-        return dict(status, seconds=time.time() - t0, exit_code=code, log_tail=log_tail(log))
+            code = subprocess.call(self.command(cell_dir), stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+                                   env=_clean_env())
+        status = record_exit(cell_dir, code, log)
+        return dict(status, seconds=time.time() - t0, exit_code=code)
 
     def submit(self, cell_dirs) -> list[dict]:
         cell_dirs = list(cell_dirs)
@@ -70,51 +110,107 @@ class LocalExecutor:
         return outcomes
 
 
+class HostfileExecutor(LocalExecutor):
+    """Servers without SLURM: runs each cell's run_deepspeed.sh from this machine (the first host).
+    With more than one host DeepSpeed's launcher needs pdsh; `missing()` says so before anything runs."""
+
+    name = "hostfile"
+
+    def __init__(self, hosts, echo=print):
+        super().__init__(echo=echo)
+        self.hosts = tuple(hosts)
+
+    def command(self, cell_dir: Path) -> list[str]:
+        return ["bash", str(Path(cell_dir) / "run_deepspeed.sh")]
+
+    def missing(self) -> str:
+        if len(self.hosts) > 1 and not shutil.which("pdsh"):
+            return "pdsh is not installed: DeepSpeed's launcher reaches the other hosts with pdsh over ssh"
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# SLURM (submitit)
+
+
 def _time_minutes(text: str) -> int:
-    """SLURM time `[D-]HH:MM:SS`, `HH:MM` or minutes -> minutes (submitit takes minutes)."""
+    """SLURM time -> whole minutes, rounded up (submitit takes minutes). SLURM reads `M`, `M:S`,
+    `H:M:S`, and with days `D-H`, `D-H:M`, `D-H:M:S`."""
     days, _, rest = text.rpartition("-")
     parts = [int(x) for x in rest.split(":")]
-    if len(parts) == 1:
-        minutes = parts[0]
+    if days:
+        hours, minutes, seconds = (parts + [0, 0])[:3]
     else:
-        parts = ([0] * (3 - len(parts)) + parts) if len(parts) < 3 else parts
-        minutes = parts[0] * 60 + parts[1] + (1 if parts[2] else 0)
-    return minutes + int(days or 0) * 24 * 60
+        hours, minutes, seconds = ([0, 0] + parts)[-3:] if len(parts) > 1 else (0, parts[0], 0)
+    return int(days or 0) * 24 * 60 + hours * 60 + minutes + (1 if seconds else 0)
 
 
 class CellTask:
-    """What one array task runs: the same command as the cell's job.sbatch. Checkpointable, so
-    submitit requeues it on preemption (the entrypoint resumes from the cell's checkpoint)."""
+    """What one array task runs, once per node: the cell's own job.sbatch in its per-node branch
+    (FTGRID_NODE=1: submitit's srun already started one task per node), so the array and a hand
+    `sbatch` run the same lines. Checkpointable: submitit requeues it on preemption."""
 
-    def __init__(self, cell_dir: str, python: str, nproc_per_node: int, nodes: int):
-        self.cell_dir, self.python = str(cell_dir), python
-        self.nproc_per_node, self.nodes = nproc_per_node, nodes
-
-    def command(self) -> list[str]:
-        if self.nodes * self.nproc_per_node == 1:
-            return train_command(Path(self.cell_dir), self.python)
-        head = os.environ.get("SUBMITIT_HEAD_NODE") or subprocess.run(
-            ["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
-            capture_output=True, text=True, check=True).stdout.split()[0]
-        port = 29500 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000
-        return [self.python, "-m", "torch.distributed.run", "--nnodes", str(self.nodes),
-                "--nproc_per_node", str(self.nproc_per_node), "--rdzv_backend", "c10d",
-                "--rdzv_endpoint", f"{head}:{port}", "--rdzv_id", os.environ.get("SLURM_JOB_ID", "0"),
-                str(TRAIN_PY), "--cell", str(Path(self.cell_dir) / "cell.yaml")]
+    def __init__(self, cell_dir: str):
+        self.cell_dir = str(cell_dir)
 
     def __call__(self) -> str:
-        log = Path(self.cell_dir) / "logs" / "train.log"
+        cell_dir = Path(self.cell_dir)
+        log = cell_dir / "logs" / "train.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
         with open(log, "ab") as out:
-            code = subprocess.call(self.command(), stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, env=env)
+            code = subprocess.call(["bash", str(cell_dir / "job.sbatch")], stdout=out, stderr=subprocess.STDOUT,
+                                   cwd=PROJECT_ROOT, env=_clean_env(FTGRID_NODE="1"))
+        if os.environ.get("SLURM_NODEID", "0") == "0":  # the head node speaks for the cell
+            record_exit(cell_dir, code, log)
         if code != 0:  # never exit 0 on failure: SLURM must record FAILED
-            raise RuntimeError(f"cell {Path(self.cell_dir).name} exited {code}:\n{log_tail(log, 20)}")
-        return rundir.read_status(self.cell_dir).get("state", "unknown")
+            raise RuntimeError(f"cell {cell_dir.name} exited {code}:\n{log_tail(log, 20)}")
+        return rundir.read_status(cell_dir).get("state", "unknown")
 
     def checkpoint(self, *args, **kwargs):
         import submitit
         return submitit.helpers.DelayedSubmission(self)
+
+
+def submitit_parameters(res, job_name: str, max_parallel: int) -> dict:
+    """The cell's #SBATCH settings as submitit parameters (its sbatch holds the same requests)."""
+    extra = {"requeue": True}
+    for line in res.sbatch:
+        key, value = sbatch_line(line)
+        extra[key] = True if value is None else value
+    if res.constraint:
+        extra["constraint"] = res.constraint
+    if res.exclusive:
+        extra["exclusive"] = True
+    params = dict(nodes=res.nodes, tasks_per_node=1, cpus_per_task=res.cpus_per_task,
+                  timeout_min=_time_minutes(res.time), name=job_name, slurm_signal_delay_s=SIGNAL_GRACE_S,
+                  slurm_array_parallelism=max_parallel or 256, slurm_additional_parameters=extra)
+    flags = container_flags(res.container)
+    if flags:  # the whole task runs in the container: it must hold this python, submitit and the project
+        params["slurm_srun_args"] = [flag if value is None else f"{flag}={value}" for flag, value in flags]
+    if res.gpus_per_node:
+        params["gpus_per_node"] = res.gpus_per_node
+    for key in ("partition", "account", "qos", "mem"):
+        if getattr(res, key):
+            params[f"slurm_{key}"] = getattr(res, key)
+    return params
+
+
+def chunks(items: list, size: int) -> list[list]:
+    """The sweep's arrays: one `sbatch --array` call each, at most `size` tasks (the cluster's MaxArraySize)."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def max_array_size(default: int = 1000) -> int:
+    """Tasks per array this cluster takes (MaxArraySize - 1: indices start at 0); the default without scontrol."""
+    try:
+        proc = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return default
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return max(int(value) - 1, 1)
+    return default
 
 
 class SlurmExecutor:
@@ -122,40 +218,79 @@ class SlurmExecutor:
 
     name = "slurm"
 
-    def __init__(self, folder: Path, resources, *, python: str = sys.executable, max_parallel: int = 0,
-                 max_array: int = 1000, echo=print, cluster: str = "slurm"):
-        self.folder, self.res, self.python = Path(folder), resources, python
-        self.max_parallel, self.max_array, self.echo, self.cluster = max_parallel, max_array, echo, cluster
+    def __init__(self, folder: Path, resources, *, max_parallel: int = 0, max_array: int | None = None):
+        self.folder, self.res, self.max_parallel = Path(folder), resources, max_parallel
+        self.max_array = max_array or max_array_size()
 
     def executor(self, job_name: str):
         import submitit
-        ex = submitit.AutoExecutor(folder=self.folder / ".submitit" / "%j", cluster=self.cluster)
-        res = self.res
-        params = dict(nodes=res.nodes, tasks_per_node=1, cpus_per_task=res.cpus_per_task,
-                      timeout_min=_time_minutes(res.time), name=job_name)
-        if self.cluster == "slurm":
-            params.update(slurm_signal_delay_s=120, slurm_array_parallelism=self.max_parallel or 256,
-                          slurm_additional_parameters={"requeue": True})
-            if res.gpus_per_node:
-                params["gpus_per_node"] = res.gpus_per_node
-            for key in ("partition", "account", "qos", "mem"):
-                if getattr(res, key):
-                    params[f"slurm_{key}"] = getattr(res, key)
-        ex.update_parameters(**params)
+        ex = submitit.AutoExecutor(folder=self.folder / ".submitit" / "%j", cluster="slurm")
+        ex.update_parameters(**submitit_parameters(self.res, job_name, self.max_parallel))
         return ex
 
     def submit(self, cell_dirs, job_name: str = "ftgrid") -> list:
+        from tqdm import tqdm
         cell_dirs = [Path(d) for d in cell_dirs]
         ex = self.executor(job_name)
-        nproc = max(self.res.gpus_per_node, 1)
         jobs = []
-        for start in range(0, len(cell_dirs), self.max_array):
-            chunk = cell_dirs[start:start + self.max_array]
-            tasks = [CellTask(str(d), self.python, nproc, self.res.nodes) for d in chunk]
-            with ex.batch():  # one sbatch --array for the whole chunk
-                chunk_jobs = [ex.submit(t) for t in tasks]
-            for d, job in zip(chunk, chunk_jobs):
-                rundir.write_status(d, "submitted", executor=self.name, job_id=str(job.job_id))
-            jobs += chunk_jobs
-            self.echo(f"submitted {len(chunk)} cell(s) as array {chunk_jobs[0].job_id.split('_')[0]}")
+        with tqdm(total=len(cell_dirs), desc="submitting", unit="cell") as bar:
+            for chunk in chunks(cell_dirs, self.max_array):
+                with ex.batch():  # one sbatch --array for the whole chunk
+                    chunk_jobs = [ex.submit(CellTask(str(d))) for d in chunk]
+                for d, job in zip(chunk, chunk_jobs):
+                    mark_submitted(d, self.name, str(job.job_id))
+                    bar.update(1)
+                jobs += chunk_jobs
+                bar.write(f"submitted {len(chunk)} cell(s) as array {chunk_jobs[0].job_id.split('_')[0]}")
         return jobs
+
+    @staticmethod
+    def wait(jobs, cell_dirs, poll_s: float = 2.0) -> None:
+        """Until every job ended; the bar counts finished cells and their states."""
+        import submitit
+        from tqdm import tqdm
+        states = {}
+        with tqdm(total=len(jobs), desc="waiting", unit="cell") as bar:
+            by_job = dict(zip((j.job_id for j in jobs), cell_dirs))
+            for job in submitit.helpers.as_completed(jobs, poll_frequency=poll_s):
+                state = rundir.read_status(by_job[job.job_id]).get("state", "unknown")
+                states[state] = states.get(state, 0) + 1
+                bar.set_postfix(states, refresh=False)
+                bar.update(1)
+
+
+def sacct_states(job_ids) -> dict[str, str]:
+    """job id -> SLURM state for the given jobs (array tasks as `123_4`); {} without sacct."""
+    job_ids = sorted({str(j) for j in job_ids if j})
+    if not job_ids or not shutil.which("sacct"):
+        return {}
+    try:
+        proc = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(job_ids)],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    out = {}
+    for line in proc.stdout.splitlines():
+        job, _, state = line.partition("|")
+        out[job] = (state.split() or ["UNKNOWN"])[0]  # "CANCELLED by 0" -> CANCELLED
+    return out
+
+
+def _job_id(status: dict) -> str | None:
+    return status.get("job_id") or status.get("slurm_job_id")
+
+
+def refresh(cell_dirs) -> dict[Path, dict]:
+    """Each cell's status; a cell SLURM has finished with but whose status.json still says submitted
+    or running (killed, timed out, died before the entrypoint started) is marked as it ended."""
+    statuses = {Path(d): rundir.read_status(d) for d in cell_dirs}
+    held = {d: _job_id(s) for d, s in statuses.items() if s.get("state") in IN_FLIGHT and _job_id(s)}
+    slurm = sacct_states(held.values())
+    for d, job in held.items():
+        state = slurm.get(job)
+        statuses[d]["slurm_state"] = state
+        if state in SLURM_ENDED and rundir.read_status(d).get("state") in IN_FLIGHT:
+            statuses[d] = dict(rundir.write_status(
+                d, SLURM_ENDED[state], log_tail=log_tail(last_log(d)),
+                error=f"SLURM job {job} ended {state} before the entrypoint recorded an outcome"), slurm_state=state)
+    return statuses

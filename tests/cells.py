@@ -47,8 +47,8 @@ def run(cmd: list[str], timeout: float = 300, **env) -> subprocess.CompletedProc
     return proc
 
 
-def train(cell_yaml: Path, *extra, timeout: float = 300) -> subprocess.CompletedProcess:
-    return run([sys.executable, TRAIN_PY, "--cell", cell_yaml, *extra], timeout=timeout)
+def train(cell_yaml: Path, *extra, timeout: float = 300, **env) -> subprocess.CompletedProcess:
+    return run([sys.executable, TRAIN_PY, "--cell", cell_yaml, *extra], timeout=timeout, **env)
 
 
 def torchrun(cell_yaml: Path, nproc: int = 2, timeout: float = 400) -> subprocess.CompletedProcess:
@@ -66,3 +66,70 @@ def status(cell_dir: Path) -> dict:
 
 def explain(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-3000:]}"
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def deepspeed_launcher(cell_yaml: Path, nproc: int = 1, timeout: float = 400) -> subprocess.CompletedProcess:
+    """The DeepSpeed launcher, as `deepspeed --num_gpus N finetune/train.py --cell ...` (CPU: gloo)."""
+    launcher = Path(sys.executable).parent / "deepspeed"
+    return run([sys.executable, launcher, "--num_gpus", str(nproc), "--master_port", str(free_port()),
+                TRAIN_PY, "--cell", cell_yaml], timeout=timeout)
+
+
+def losses(m: dict) -> list[float]:
+    """The logged training losses of a run, in step order."""
+    return [h["loss"] for h in m["history"] if "loss" in h]
+
+
+def wandb_runs(run_dir: Path) -> list[Path]:
+    return sorted((Path(run_dir) / "wandb").glob("*run-*/run-*.wandb"))
+
+
+def wandb_records(path: Path):
+    """Records of a wandb run file (`run-<id>.wandb`), parsed with wandb's own protobuf messages.
+
+    The file is a LevelDB-style log: a 7-byte header (":W&B", magic, version), then 32 KiB blocks of
+    chunks, each a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last) + payload."""
+    import struct
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a wandb run file"
+    pos, block, buf = 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if length == 0 and kind == 0:
+            break
+        buf += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(buf)
+            buf = b""
+            yield record
+
+
+def wandb_summary(records) -> tuple[dict, dict, dict]:
+    """(run facts, config, summary) from a run file's records; values JSON-decoded, last one wins."""
+    run, config, summary = {}, {}, {}
+    for r in records:
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            run = {"id": r.run.run_id, "group": r.run.run_group, "tags": list(r.run.tags),
+                   "name": r.run.display_name, "project": r.run.project, "job_type": r.run.job_type}
+            config.update({u.key: json.loads(u.value_json) for u in r.run.config.update})
+        elif kind == "config":
+            config.update({u.key: json.loads(u.value_json) for u in r.config.update})
+        elif kind == "summary":
+            summary.update({u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in r.summary.update})
+    return run, config, summary

@@ -38,6 +38,21 @@ def test_relative_deepspeed_path_resolves_against_the_cell_folder(tmp_path):
     ({"precision": "fp8"}, "unknown precision 'fp8'"),
     ({"warmup": 1.5}, "warmup is a fraction"),
     ({"deepspeed": "/nonexistent/ds.json"}, "deepspeed config not found"),
+    ({"task": "summarise"}, "unknown task 'summarise' (did you mean 'summarization'?)"),
+    ({"model": "roberta-tiny", "task": "sft"}, "task 'sft' does not run on roberta-tiny (encoder); encoder models run: token-classification"),
+    ({"model": "bart-tiny", "task": "dpo"}, "task 'dpo' does not run on bart-tiny (seq2seq); seq2seq models run: summarization"),
+    ({"task": "dpo", "packing": "bfd"}, "packing applies to causal sft and summarization, not 'dpo'"),
+    ({"model": "bart-tiny", "task": "summarization", "packing": True}, "packing applies to causal"),
+    ({"packing": "zip"}, "unknown packing 'zip'"),
+    ({"model": "roberta-tiny", "task": "token-classification", "neftune_alpha": 5},
+     "neftune_alpha applies to generative SFT"),
+    ({"neftune_alpha": -1}, "neftune_alpha must be in [0, 100]"),
+    ({"task": "dpo", "dpo_beta": 0}, "dpo_beta must be positive, got 0"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be positive"),
+    ({"num_samples": -1}, "num_samples must be >= 0"),
+    ({"eval_every": -5}, "eval_every must be >= 0"),
+    ({"optimizer": "sgd"}, "unknown optimizer 'sgd'"),
+    ({"max_grad_norm": -1}, "max_grad_norm must be >= 0"),
 ])
 def test_invalid_configs_fail_before_any_model_is_built(data, message):
     with pytest.raises(ConfigError) as err:
@@ -58,3 +73,48 @@ def test_registry_entries_are_consistent():
     assert kwargs["num_hidden_layers"] == 24 and kwargs["hidden_size"] == 2048 and kwargs["rotary_pct"] == 0.25
     assert reg["blenderbot-400m"].hf_config_kwargs()["encoder_layers"] == 2
     assert reg["blenderbot-400m"].hf_config_kwargs()["decoder_layers"] == 12
+
+
+def test_task_fields_and_their_defaults():
+    cfg = config.from_dict({"model": "llama-tiny", "task": "dpo", "dpo_beta": "0.25"})
+    assert (cfg.task, cfg.dpo_beta, cfg.packing, cfg.neftune_alpha) == ("dpo", 0.25, "none", 0.0)
+    assert config.from_dict({"packing": True}).packing == "bfd"  # packing: true = bin packing
+    assert config.from_dict({"packing": "false"}).packing == "none"
+    assert config.from_dict({"packing": "flatten", "task": "summarization"}).packing == "flatten"
+    assert config.from_dict({"model": "roberta-tiny", "task": "token-classification"}).task == "token-classification"
+    assert config.from_dict({"model": "bart-tiny", "task": "summarization", "max_new_tokens": 32}).max_new_tokens == 32
+
+
+def test_finetune_config_imports_no_torch():
+    import subprocess
+    import sys
+    code = "import sys, finetune.config; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=config.PACKAGE_DIR.parent)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("mode, env, expected", [
+    ("disabled", {"WANDB_MODE": "online", "WANDB_API_KEY": "k"}, "disabled"),  # off unless the config turns it on
+    ("offline", {}, "offline"),
+    ("online", {}, "offline"),                                  # no credentials: offline, never a hang
+    ("online", {"WANDB_API_KEY": "k"}, "online"),
+    ("online", {"WANDB_API_KEY": "k", "WANDB_MODE": "offline"}, "offline"),  # the environment wins
+    ("offline", {"WANDB_MODE": "disabled"}, "disabled"),
+    ("offline", {"WANDB_MODE": "online", "WANDB_API_KEY": "k"}, "online"),
+    ("offline", {"WANDB_MODE": "dryrun"}, "offline"),
+])
+def test_effective_wandb_mode(mode, env, expected, tmp_path):
+    cfg = config.from_dict({"wandb_mode": mode})
+    assert config.effective_wandb_mode(cfg, {"HOME": str(tmp_path), **env}) == expected
+
+
+def test_a_netrc_login_counts_as_credentials(tmp_path):
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password secret\n")
+    cfg = config.from_dict({"wandb_mode": "online"})
+    assert config.effective_wandb_mode(cfg, {"HOME": str(tmp_path)}) == "online"
+
+
+def test_a_bad_wandb_mode_in_the_environment_is_one_line():
+    with pytest.raises(ConfigError, match="WANDB_MODE='onlin' in the environment"):
+        config.effective_wandb_mode(config.from_dict({"wandb_mode": "online"}), {"WANDB_MODE": "onlin"})

@@ -1,4 +1,5 @@
 """The entrypoint trains a tiny cell for real and records what happened."""
+import json
 import sys
 
 import pytest
@@ -10,15 +11,18 @@ from cells import TRAIN_PY, explain, make_cell, metrics, run, status, train
 
 def test_lora_cell_trains_and_records_metrics(tmp_path):
     cell = tmp_path / "cell-a"
-    proc = train(make_cell(cell))
+    proc = train(make_cell(cell, max_new_tokens=12))
     assert proc.returncode == 0, explain(proc)
     m = metrics(cell)
     assert m["eval_loss"] < m["initial_eval_loss"] - 0.05, m  # learned something measurable
-    assert m["train_loss_last"] < m["train_loss_first"]
+    assert m["train_loss_last"] < m["train_loss_first"] and m["train_loss_min"] <= m["train_loss_last"]
     assert m["steps"] == 30 and m["world_size"] == 1 and m["global_batch"] == 8
     assert 0 < m["trainable_params"] < m["total_params"]
-    assert m["tokens"] > 30 * 8 * 5 and m["peak_memory_gib"] > 0.1
+    assert m["tokens"] > 30 * 8 * 5 and m["peak_memory_gib"] > 0.1 and m["peak_memory_kind"] == "cpu_max_rss"
+    assert m["tokens_per_second"] == pytest.approx(m["tokens"] / m["train_seconds"])
     assert abs(m["perplexity"] - torch.exp(torch.tensor(m["eval_loss"])).item()) < 1e-3 * m["perplexity"]
+    assert m["task"] == "sft" and m["deepspeed"] is None and m["quantized_layers"] == {}
+    assert set(m["phase_seconds"]) == {"setup", "train", "save", "generate"}
     st = status(cell)
     assert st["state"] == "done" and [h["state"] for h in st["history"]] == ["running", "done"]
     # The adapter was saved and is not empty: LoRA B matrices start at zero and must have moved.
@@ -26,6 +30,14 @@ def test_lora_cell_trains_and_records_metrics(tmp_path):
     lora_b = [w for k, w in weights.items() if "lora_B" in k]
     assert lora_b and all(w.abs().sum() > 0 for w in lora_b)
     assert not list(cell.glob(".*.tmp")), "atomic writes leave no temp files"
+    # samples.jsonl: greedy generations for the first eval prompts, bounded, cut at eos.
+    samples = [json.loads(line) for line in (cell / "samples.jsonl").read_text().splitlines()]
+    assert [s["index"] for s in samples] == [0, 1, 2, 3] and m["samples"] == 4
+    for s in samples:
+        assert s["prompt"].startswith("<|user|>\n") and s["prompt"].endswith("<|assistant|>\n")
+        assert s["reference"].endswith("<|endoftext|>")
+        assert 0 <= s["new_tokens"] <= 12 and "<|endoftext|>" not in s["generation"]
+        assert s["stopped_at_eos"] or s["new_tokens"] == 12
 
 
 def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path):
@@ -37,13 +49,22 @@ def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in cell.iterdir()) == ["cell.yaml"]
 
 
+def test_a_dataset_of_another_task_is_refused_before_any_model_loads(tmp_path):
+    cell = tmp_path / "mismatch"
+    proc = train(make_cell(cell, model="llama-tiny", task="dpo"))  # wordnet is instruction data
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: dataset 'wordnet' is a sft dataset, but the task is 'dpo'"
+    assert sorted(p.name for p in cell.iterdir()) == ["cell.yaml"]
+
+
 def test_one_off_run_from_flags(tmp_path):
     out = tmp_path / "one-off"
     proc = run([sys.executable, TRAIN_PY, "--model", "gpt2-tiny", "--rank", "4", "--max-steps", "3",
-                "--seq-len", "64", "--eval-rows", "16", "--out", out])
+                "--seq-len", "64", "--eval-rows", "16", "--num-samples", "0", "--out", out])
     assert proc.returncode == 0, explain(proc)
     assert metrics(out)["model"] == "gpt2-tiny" and metrics(out)["steps"] == 3
     assert "model: gpt2-tiny" in (out / "resolved.yaml").read_text()
+    assert not (out / "samples.jsonl").exists()
 
 
 def test_a_crash_is_recorded_as_failed_with_the_reason(tmp_path):
@@ -53,11 +74,34 @@ def test_a_crash_is_recorded_as_failed_with_the_reason(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_finetune_of_a_second_family(tmp_path):
-    cell = tmp_path / "full"
-    proc = train(make_cell(cell, model="llama-tiny", method="full", rank=None, lr=1e-3, max_steps=20))
+@pytest.mark.parametrize("model", ["llama-tiny", "gpt2-tiny"])
+def test_full_finetune_of_two_families(tmp_path, model):
+    cell = tmp_path / f"full-{model}"
+    proc = train(make_cell(cell, model=model, method="full", rank=None, lr=1e-3, max_steps=20, num_samples=0))
     assert proc.returncode == 0, explain(proc)
     m = metrics(cell)
     assert m["trainable_params"] == m["total_params"]
-    assert m["eval_loss"] < m["initial_eval_loss"]
-    assert (cell / "model" / "model.safetensors").exists()
+    assert m["eval_loss"] < m["initial_eval_loss"] - 0.1, m
+    assert m["train_loss_last"] < m["train_loss_first"]
+    assert (cell / "model" / "model.safetensors").exists() and not (cell / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_out_of_memory_is_status_oom_with_step_and_peak_and_exit_3(tmp_path):
+    """Out of memory on CPU: the data segment capped a little above the import baseline (as
+    launch.probe does), then a micro batch whose logits alone exceed the cap."""
+    import subprocess
+    from launch.probe import baseline_data_bytes
+    from cells import ROOT, clean_env
+    cell = make_cell(tmp_path / "oom", micro_batch=256, seq_len=512, max_steps=3, num_samples=0)
+    limit_kib = (baseline_data_bytes() + int(0.25 * 2**30)) // 1024
+    proc = subprocess.run(["bash", "-c", f"ulimit -d {limit_kib}; exec {sys.executable} {TRAIN_PY} --cell {cell}"],
+                          cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, explain(proc)
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: out of memory in oom: ")
+    assert "Traceback" not in proc.stderr  # one line, no traceback wall
+    st = status(tmp_path / "oom")
+    assert st["state"] == "oom" and st["phase"] == "train" and st["step"] == 0
+    assert st["peak_memory_gib"] > 0.1 and st["peak_memory_kind"] == "cpu_max_rss"
+    assert "can't allocate memory" in st["error"]
+    assert not (tmp_path / "oom" / "metrics.json").exists()

@@ -1,7 +1,9 @@
-"""The grid submitted with submitit as one job array on the real local SLURM."""
+"""The grid submitted with submitit as job arrays on the real local SLURM: throttling, resume, a failing
+cell marked with its log tail and re-run alone, `--status`."""
 import json
 import sys
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -10,19 +12,32 @@ from slurm_fixture import sacct_rows, wait_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
+GRID = ROOT / "launch" / "grid.py"
 TINY_GRID = ["--models", "pythia-tiny", "--lrs", "3e-3", "--gpu", "cpu", "--cpus-per-task", "1", "--mem", "3G",
              "--time", "00:10:00", "--max-steps", "8", "--seq-len", "64", "--set", "eval_rows=32",
              "--executor", "slurm"]
 
 
+def grid(*args, timeout=900):
+    return run([sys.executable, GRID, *args], timeout=timeout)
+
+
+def cell_dirs(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def status(cell: Path) -> dict:
+    return json.loads((cell / "status.json").read_text())
+
+
 def test_four_cells_as_one_throttled_array(slurm_cluster, tmp_path):
     out = tmp_path / "sweep"
-    proc = run([sys.executable, ROOT / "launch" / "grid.py", "--name", "array4", "--out", out, "--ranks", "2,4,8,16",
-                *TINY_GRID, "--max-parallel", "1", "--wait"], timeout=900)
+    proc = grid("--name", "array4", "--out", out, "--ranks", "2,4,8,16", *TINY_GRID, "--max-parallel", "1", "--wait")
     assert proc.returncode == 0, explain(proc)
-    cells = sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert "submitting: 100%" in proc.stderr and "waiting: 100%" in proc.stderr  # the progress bars
+    cells = cell_dirs(out)
     assert len(cells) == 4
-    job_ids = {json.loads((c / "status.json").read_text())["job_id"] for c in cells}
+    job_ids = {status(c)["job_id"] for c in cells}
     arrays = {j.split("_")[0] for j in job_ids}
     assert len(arrays) == 1 and len(job_ids) == 4, job_ids  # one sbatch call, four array tasks
     for c in cells:
@@ -36,6 +51,47 @@ def test_four_cells_as_one_throttled_array(slurm_cluster, tmp_path):
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert start >= end, f"--max-parallel 1 must run tasks one at a time: {spans}"
     # A second run of the same command submits nothing: every cell is done.
-    again = run([sys.executable, ROOT / "launch" / "grid.py", "--name", "array4", "--out", out, "--ranks", "2,4,8,16",
-                 *TINY_GRID], timeout=120)
+    again = grid("--name", "array4", "--out", out, "--ranks", "2,4,8,16", *TINY_GRID, timeout=120)
     assert again.returncode == 0 and "0 cell(s) to run" in again.stdout, explain(again)
+
+
+def test_a_failing_cell_is_marked_with_its_log_tail_and_rerun_alone(slurm_cluster, tmp_path):
+    # One dataset file exists (so the grid accepts it) but holds no known layout: its cell fails at run time.
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"question": "x", "label": 1}\n' * 64)
+    out = tmp_path / "sweep"
+    args = ["--name", "fail3", "--out", out, "--ranks", "4", "--datasets", f"wordnet:small,{broken}",
+            "--seeds", "0,1", "--exclude", f"dataset={broken},seed=1", *TINY_GRID]
+    proc = grid(*args, "--wait")
+    assert proc.returncode == 1, explain(proc)  # a failed cell: the sweep says so
+    cells = cell_dirs(out)
+    assert len(cells) == 3
+    (bad,) = [c for c in cells if "broken" in c.name]
+    good = [c for c in cells if c != bad]
+    assert [status(c)["state"] for c in good] == ["done", "done"]
+    failed = status(bad)
+    assert failed["state"] == "failed" and failed["exit_code"] != 0
+    assert "broken.jsonl" in failed["error"] or "columns" in failed["error"], failed["error"]
+    assert failed["log_tail"].strip() and "Traceback" in (bad / "logs" / "train.log").read_text()
+    first_jobs = {c.name: status(c)["job_id"] for c in cells}
+    assert wait_job(first_jobs[bad.name]) == "FAILED"  # a failed cell never exits 0
+
+    shown = grid("--status", out, timeout=120)
+    assert shown.returncode == 0, explain(shown)
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"{out}: 3 cell(s): done 2, failed 1"
+    assert f"FAILED {bad.name}  (job {first_jobs[bad.name]})" in lines
+    assert any(x.startswith("  error: ") for x in lines) and any(x.startswith("  | ") for x in lines)
+    assert "--rerun failed" in lines[-1]
+
+    # Fix the data, re-run: only the failed cell goes out again (one job: submitit makes no array of one).
+    sample = (ROOT / "data_prep" / "samples" / "wordnet_instruct.jsonl").read_text().splitlines()[:300]
+    broken.write_text("\n".join(sample) + "\n")
+    again = grid(*args, "--rerun", "failed", "--wait")
+    assert again.returncode == 0, explain(again)
+    assert "1 cell(s) to run, 2 skipped" in again.stdout
+    assert all(status(c)["state"] == "done" for c in cells)
+    assert {c.name: status(c)["job_id"] for c in good} == {c.name: first_jobs[c.name] for c in good}
+    new_job = status(bad)["job_id"]
+    assert new_job.split("_")[0] != first_jobs[bad.name].split("_")[0]
+    assert len(sacct_rows(new_job.split("_")[0], ["JobID"])) == 1

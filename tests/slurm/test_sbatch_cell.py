@@ -11,11 +11,11 @@ from slurm_fixture import sacct_rows, wait_job
 pytestmark = pytest.mark.slurm
 
 
-def render_tiny_cell(out, name="by-hand"):
+def render_tiny_cell(out, *extra, name="by-hand"):
     proc = run([sys.executable, ROOT / "launch" / "grid.py", "--name", name, "--out", out,
                 "--models", "pythia-tiny", "--ranks", "4", "--lrs", "3e-3", "--gpu", "cpu", "--cpus-per-task", "1",
                 "--mem", "3G", "--time", "00:10:00", "--max-steps", "12", "--seq-len", "64",
-                "--set", "eval_rows=32", "--dry-run"])
+                "--set", "eval_rows=32", "--dry-run", *extra])
     assert proc.returncode == 0, explain(proc)
     (cell,) = [p for p in out.iterdir() if p.is_dir()]
     return cell
@@ -43,3 +43,23 @@ def test_sbatch_by_hand_runs_the_cell_to_done(slurm_cluster, tmp_path):
     assert (cell / "logs" / f"slurm-{job_id}.out").exists()
     (row,) = sacct_rows(job_id, ["JobName", "State"])
     assert row["JobName"] == cell.name
+
+
+@pytest.mark.slow
+def test_sbatch_of_the_deepspeed_launcher_variant_runs_the_cell(slurm_cluster, tmp_path):
+    # Set-up lines run verbatim in the job: this one leaves a mark the test can see.
+    cell = render_tiny_cell(tmp_path / "sweep", "--launcher", "deepspeed", "--setup", "export FTGRID_SETUP_RAN=yes",
+                            "--setup", 'echo "setup ran: $FTGRID_SETUP_RAN"')
+    script = (cell / "job.sbatch").read_text()
+    assert "-m deepspeed.launcher.runner" in script and "--no_ssh_check" in script  # one node: no ssh needed
+    proc = subprocess.run(["sbatch", "--parsable", cell / "job.sbatch"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip().split(";")[0]
+    state = wait_job(job_id, timeout=600)
+    log = (cell / "logs" / f"slurm-{job_id}.out").read_text(errors="replace")
+    assert state == "COMPLETED", log[-3000:]
+    assert "setup ran: yes" in log
+    assert "deepspeed.launcher.launch" in log  # DeepSpeed's launcher started the rank
+    assert (cell / "logs" / f"hostfile-{job_id}").read_text() == f"{slurm_cluster.node} slots=1\n"
+    assert json.loads((cell / "status.json").read_text())["state"] == "done"
+    assert json.loads((cell / "metrics.json").read_text())["steps"] == 12

@@ -1,0 +1,111 @@
+"""Compute-optimal LoRA at CPU scale, run with the kit end to end as a user would.
+
+    python examples/compute_optimal_lora/study.py                 # the full study (< 1 h on 2 CPU cores)
+    python examples/compute_optimal_lora/study.py --smoke         # a few minutes: what CI runs
+
+1. Pretrain: three Pythia-shaped base models (registry entries pythia-study-{xs,s,m}) are trained
+   from scratch on real text available offline: the Python documentation that ships with CPython
+   (`pydoc_data.topics`, PSF licence), cut into passages. One `launch/grid.py` sweep, method full.
+2. Fine-tune: a grid of LoRA cells (base size × rank × data tier) on a different, real
+   instruction-style dataset: the shipped WordNet instructions (`wordnet:small|medium|large`),
+   each cell starting from its base's weights. One `launch/grid.py` sweep per base.
+3. Report and fit: `python -m launch.report` on each sweep, the rows joined into one table,
+   `python -m launch.fit` with N = base-model parameters, D = fine-tuning tokens, and the
+   Zhang et al. law over the adapter rank.
+Everything lands in --out (default examples/compute_optimal_lora/results): the tables, the
+fits (fit.json) and the plots; WRITEUP.md next to this script discusses them.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+BASES = ("pythia-study-xs", "pythia-study-s", "pythia-study-m")
+
+FULL = dict(bases=BASES, pretrain_steps=600, ranks=(2, 8, 32), tiers=("small", "medium", "large"),
+            epochs=1, bootstrap=200)
+SMOKE = dict(bases=BASES[:2], pretrain_steps=40, ranks=(2, 8), tiers=("small", "medium"), epochs=1,
+             bootstrap=20)
+
+
+def pretrain_corpus(path: Path, words_per_passage: int = 90) -> int:
+    """Python's documentation topics as instruction-free passages: the loss is on the passage."""
+    import pydoc_data.topics
+
+    rows = []
+    for topic, text in sorted(pydoc_data.topics.topics.items()):
+        words = text.split()
+        for i in range(0, len(words), words_per_passage):
+            chunk = " ".join(words[i:i + words_per_passage])
+            if len(chunk) > 80 and chunk.isascii():
+                rows.append({"instruction": f"Python documentation: {topic}", "input": "", "output": chunk})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return len(rows)
+
+
+def sh(*cmd, **kw) -> None:
+    print("$ " + " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True, **kw)
+
+
+def grid(*args) -> None:
+    sh(sys.executable, ROOT / "launch" / "grid.py", "--executor", "local", "--gpu", "cpu", *args)
+
+
+def cell_dirs(sweep: Path) -> list[Path]:
+    return sorted(p.parent for p in sweep.glob("*/cell.yaml"))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--smoke", action="store_true", help="a few minutes instead of an hour")
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    args = p.parse_args(argv)
+    plan = SMOKE if args.smoke else FULL
+    out = args.out.resolve()
+    t0 = time.time()
+
+    corpus = out / "data" / "python_docs.jsonl"
+    print(f"pretraining corpus: {pretrain_corpus(corpus)} passages of the Python documentation")
+    base_sweep = out / "pretrain"
+    grid("--name", "pretrain", "--out", base_sweep, "--models", ",".join(plan["bases"]), "--methods", "full",
+         "--lrs", "2e-3", "--datasets", f"{corpus}", "--max-steps", str(plan["pretrain_steps"]),
+         "--micro-batch", "16", "--seq-len", "128", "--set", "warmup=0.05", "--set", "eval_rows=100")
+    weights = {json.loads((d / "metrics.json").read_text())["model"]: d / "model" for d in cell_dirs(base_sweep)}
+
+    tables = []
+    for base in plan["bases"]:
+        sweep = out / f"lora-{base}"
+        grid("--name", f"lora-{base}", "--out", sweep, "--models", base,
+             "--ranks", ",".join(map(str, plan["ranks"])), "--alphas", "2r", "--lrs", "2e-3",
+             "--datasets", ",".join(f"wordnet:{t}" for t in plan["tiers"]), "--epochs", str(plan["epochs"]),
+             "--micro-batch", "16", "--seq-len", "96", "--set", f"weights={weights[base]}")
+        sh(sys.executable, "-m", "launch.report", sweep)
+        tables.append(sweep / "results.csv")
+
+    joined = out / "results.csv"
+    rows = [r for t in tables for r in csv.DictReader(t.open())]
+    with joined.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    fit_args = ["--n-col", "params", "--d-col", "tokens", "--loss-col", "eval_loss",
+                "--bootstrap", str(plan["bootstrap"])]
+    sh(sys.executable, "-m", "launch.fit", joined, *fit_args, "--flops", "lora", "--budget", "1e13",
+       "--out", out / "fit_chinchilla")
+    sh(sys.executable, "-m", "launch.fit", joined, *fit_args, "--law", "zhang", "--x-col", "rank",
+       "--out", out / "fit_zhang_rank")
+    print(f"study done in {time.time() - t0:.0f}s: {joined}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
