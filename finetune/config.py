@@ -161,6 +161,10 @@ class RunConfig:
     dpo_beta: float = 0.1             # dpo: strength of the KL anchor to the reference model
     max_new_tokens: int = 64          # summarization: generated summary length; also samples.jsonl generations
     num_samples: int = 4              # causal sft: greedy generations for this many fixed eval prompts
+    weights: str | None = None        # local folder of saved weights for this architecture (e.g. a base you
+                                      # pretrained with method full: <cell>/model); overrides hub id and init
+    chunked_loss: bool = True         # causal LM loss in vocabulary chunks: no tokens x vocab fp32 logits
+    loss_chunk_size: int = 1024       # tokens per chunk of the chunked loss
     # --- batch and schedule
     micro_batch: int = 8              # examples per device per step
     grad_accum: int = 1               # micro-batches per optimizer step
@@ -179,6 +183,8 @@ class RunConfig:
     deepspeed: str | None = None      # path to a DeepSpeed JSON config (ds_config.json of the cell)
     seed: int = 0
     eval_every: int = 0               # steps between evaluations; 0 = only at the end
+    save_every: int = 0               # steps between resumable checkpoints (<out>/checkpoints); 0 = only on
+                                      # SIGUSR1/SIGTERM (preemption); a re-run resumes from the latest one
     logging_steps: int = 5
     # --- tracking
     wandb_mode: str = "disabled"      # disabled | offline | online; when on, WANDB_MODE in the env wins and
@@ -259,10 +265,16 @@ class RunConfig:
             raise ConfigError(f"num_samples must be >= 0, got {self.num_samples}")
         if self.eval_every < 0:
             raise ConfigError(f"eval_every must be >= 0 steps (0 = only at the end), got {self.eval_every}")
+        if self.save_every < 0:
+            raise ConfigError(f"save_every must be >= 0 steps (0 = only on preemption), got {self.save_every}")
         if self.logging_steps <= 0:
             raise ConfigError(f"logging_steps must be positive, got {self.logging_steps}")
         if self.eval_rows < 0:
             raise ConfigError(f"eval_rows must be >= 0, got {self.eval_rows}")
+        if self.weights and not os.path.isfile(os.path.join(self.weights, "config.json")):
+            raise ConfigError(f"weights folder {self.weights} holds no config.json (a saved model folder)")
+        if self.loss_chunk_size <= 0:
+            raise ConfigError(f"loss_chunk_size must be positive, got {self.loss_chunk_size}")
         if self.deepspeed and not os.path.isfile(self.deepspeed):
             raise ConfigError(f"deepspeed config not found: {self.deepspeed}")
         return self
@@ -353,16 +365,22 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     return cfg.validate().resolved()
 
 
-def load(path: str | os.PathLike) -> RunConfig:
-    path = Path(path)
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict:
+    """A YAML file that must hold a mapping; unreadable or malformed files are one ConfigError line."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys")
+        raise ConfigError(f"{path} must hold a mapping of {what} keys")
+    return data
+
+
+def load(path: str | os.PathLike) -> RunConfig:
+    path = Path(path)
+    data = read_yaml_mapping(path, "config")
     # Paths in a cell.yaml are relative to its folder, so a run directory can be moved.
     if data.get("deepspeed") and not os.path.isabs(str(data["deepspeed"])):
         data["deepspeed"] = str(path.resolve().parent / str(data["deepspeed"]))

@@ -61,7 +61,11 @@ def training_args(cfg: RunConfig, spec: ModelSpec, report_to: list[str]):
         eval_strategy="steps" if cfg.eval_every else "no",
         eval_steps=cfg.eval_every or None,
         eval_on_start=True,  # the untrained model's eval loss, inside the loop (ZeRO<3 refuses it outside)
-        save_strategy="no",
+        # Resumable checkpoints every save_every steps (train.py also saves one on SIGUSR1/SIGTERM); the
+        # last two are kept. A checkpoint holds the weights/adapter, optimizer, scheduler, RNG and step.
+        save_strategy="steps" if cfg.save_every else "no",
+        save_steps=cfg.save_every or 500,
+        save_total_limit=2,
         report_to=report_to,
         run_name=cfg.name,
         include_num_input_tokens_seen="non_padding",

@@ -14,7 +14,15 @@ DeepSpeed when the cell has a ds_config) -> finish (eval, adapter/model, samples
 status.json, wandb). Tasks: sft | dpo | token-classification | summarization (finetune/tasks.py);
 methods: full | lora | qlora | lora-8bit (finetune/models.py). Only rank 0 writes files and talks to wandb.
 Exit codes: 0 done, 1 failed, 2 bad config (one `error:` line, nothing written), 3 out of memory
-(status `oom` with the phase, step and peak memory).
+(status `oom` with the phase, step and peak memory), 4 preempted (status `preempted`).
+
+Preemption and resume: SIGUSR1 (SLURM's `--signal=USR1@<grace>` warning) or SIGTERM sets a flag; at the
+next optimizer step's end every rank (the flag is all-reduced when torch.distributed runs) saves a full
+Trainer checkpoint under <out>/checkpoints (weights/adapter, optimizer, scheduler, RNG, step, tokens seen),
+status becomes `preempted` and the process exits 4 so SLURM (--requeue / scontrol requeue) or a sweep
+re-run starts it again. `save_every` N also checkpoints every N steps. A start that finds a complete
+<out>/checkpoints/checkpoint-* resumes from the latest: the Trainer restores the data position and RNG,
+so the resumed run trains the same steps on the same batches as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -37,7 +45,9 @@ from finetune import config as run_config  # noqa: E402
 from finetune import rundir  # noqa: E402
 from finetune.config import ConfigError, RunConfig  # noqa: E402
 
-EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_OOM = 1, 2, 3
+EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_OOM, EXIT_PREEMPTED = 1, 2, 3, 4
+# Set by SIGUSR1/SIGTERM (the handler only flags); acted on at the next step end by PreemptCallback.
+PREEMPT = {"signal": None, "stopped": False}
 # Where the run is, for status.json when it fails (an OOM reports its phase, step and peak memory).
 PROGRESS = {"phase": "setup", "step": 0}
 
@@ -122,8 +132,8 @@ def setup(cfg: RunConfig):
     tokenizer = models.load_tokenizer(spec, cfg)
     wandb_mode = run_config.effective_wandb_mode(cfg)
     data = tasks.load_data(cfg, spec, tokenizer)  # tokenized once (data_prep's cache), read by every rank
-    source = spec.hub_id
-    if not models.use_pretrained(spec, cfg):  # built by rank 0 before any ZeRO-3 context exists
+    source = cfg.weights or spec.hub_id
+    if not cfg.weights and not models.use_pretrained(spec, cfg):  # built by rank 0 before any ZeRO-3 context
         source = models.random_base(spec, cfg, tokenizer, run_dir / models.BASE_DIR, data.label_names,
                                     builder=int(os.environ.get("RANK", "0")) == 0)
     # The arguments come before the model: with a ZeRO-3 config, from_pretrained then loads inside
@@ -140,6 +150,13 @@ def setup(cfg: RunConfig):
         lora = models.lora_config(spec, cfg)
     else:
         model = models.build_model(spec, cfg, tokenizer, source, data.label_names)
+        if cfg.chunked_loss and models.head_kind(spec, cfg) == "causal":
+            from finetune import losses
+            reason = losses.unsupported_reason(model)
+            if reason:
+                print(f"[train] chunked loss off for {cfg.model}: {reason}", flush=True)
+            else:
+                losses.install_chunked_loss(model, chunk_size=cfg.loss_chunk_size)
     local_fraction = models.local_fraction(model)
     quantized = models.quantized_layers(model)
     leaves = models.zero3_leaves(model)
@@ -174,6 +191,50 @@ def ProgressCallback():
     return _Progress()
 
 
+def on_preempt_signal(signum, frame) -> None:
+    PREEMPT["signal"] = signum
+    print(f"[train] got signal {signum}: checkpoint at the end of this step, then exit {EXIT_PREEMPTED}",
+          file=sys.stderr, flush=True)
+
+
+def install_signal_handlers() -> None:
+    import signal
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, on_preempt_signal)
+
+
+def PreemptCallback():
+    import torch
+    import torch.distributed as dist
+    import transformers
+
+    class _Preempt(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            flag = PREEMPT["signal"] is not None
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                # Any rank signalled -> all ranks stop at this same step (the save is collective).
+                device = "cuda" if torch.cuda.is_available() and dist.get_backend() == "nccl" else "cpu"
+                t = torch.tensor([1.0 if flag else 0.0], device=device)
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                flag = bool(t.item() > 0)
+            if flag and state.global_step < state.max_steps:
+                PREEMPT["stopped"] = True
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+    return _Preempt()
+
+
+def latest_checkpoint(run_dir: Path) -> str | None:
+    """The newest complete checkpoint (trainer_state.json is written last) under <run_dir>/checkpoints."""
+    found = []
+    for d in (Path(run_dir) / "checkpoints").glob("checkpoint-*"):
+        step = d.name.rsplit("-", 1)[-1]
+        if d.is_dir() and step.isdigit() and (d / "trainer_state.json").is_file():
+            found.append((int(step), d))
+    return str(max(found)[1]) if found else None
+
+
 def peak_memory() -> tuple[float, str]:
     """(GiB, kind): CUDA max allocated on a GPU, the process's peak RSS on CPU."""
     import torch
@@ -188,6 +249,7 @@ def train(cfg: RunConfig, parts: dict):
     trainer = tasks.make_trainer(cfg, parts["spec"], parts["args"], parts["model"], parts["tokenizer"],
                                  parts["data"], lora=parts["lora"])
     trainer.add_callback(ProgressCallback())
+    trainer.add_callback(PreemptCallback())
     args = trainer.args
     parts["trainable"], parts["total"] = models.count_params(trainer.model)
     if models.head_kind(parts["spec"], cfg) == "causal" and cfg.task != "dpo":
@@ -205,8 +267,14 @@ def train(cfg: RunConfig, parts: dict):
     assert args.train_batch_size * args.gradient_accumulation_steps * args.world_size == \
         cfg.micro_batch * cfg.grad_accum * args.world_size
     t0 = time.time()
-    result = trainer.train()
+    resume = latest_checkpoint(Path(cfg.output_dir))
+    if resume and args.process_index == 0:
+        print(f"[train] {cfg.name}: resuming from {resume}", flush=True)
+    result = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.time() - t0
+    if PREEMPT["stopped"]:
+        return trainer, dict(preempted=True, step=trainer.state.global_step, resumed_from=resume,
+                             checkpoint=latest_checkpoint(Path(cfg.output_dir)))
     initial = next(h for h in trainer.state.log_history if "eval_loss" in h)
     final = trainer.evaluate()
     return trainer, dict(initial_eval=initial, final_eval=final, train_seconds=train_seconds,
@@ -326,6 +394,7 @@ def finish(cfg: RunConfig, parts: dict, trainer, out: dict, started: float) -> d
         "world_size": args.world_size,
         "global_batch": cfg.micro_batch * cfg.grad_accum * args.world_size,
         "deepspeed": ds_facts,
+        "loss_impl": _loss_impl(trainer.model),
         "zero_stage": (ds_facts or {}).get("stage"),
         "local_param_fraction_at_load": parts["local_fraction"],
         "local_param_fraction": me["local_param_fraction"],
@@ -387,12 +456,35 @@ def finish_wandb(metrics: dict, cfg: RunConfig, mode: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _loss_impl(model) -> str:
+    from finetune import losses
+    return losses.implementation(model)
+
+
 def is_oom(exc: BaseException) -> bool:
     import torch
     text = str(exc).lower()
     # CUDA OOM, Python's MemoryError, or the CPU allocator refusing (e.g. under an address-space cap).
     return (isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text
             or "can't allocate memory" in text)
+
+
+def _failed(cfg: RunConfig, run_dir: Path, is_main: bool, e: BaseException) -> int:
+    """Every failure reaches status.json (oom with phase, step and peak memory) and the exit code."""
+    oom = is_oom(e)
+    abort_wandb()
+    if is_main:
+        where = dict(phase=PROGRESS["phase"], step=PROGRESS["step"])
+        if oom:
+            where["peak_memory_gib"], where["peak_memory_kind"] = peak_memory()
+        rundir.write_status(run_dir, "oom" if oom else "failed", error=f"{type(e).__name__}: {e}"[:2000],
+                            ended=time.time(), **where)
+    if oom:
+        print(f"error: out of memory in {cfg.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+              file=sys.stderr)
+        return EXIT_OOM
+    traceback.print_exc()
+    return EXIT_FAILED
 
 
 def main(argv=None) -> int:
@@ -408,33 +500,48 @@ def main(argv=None) -> int:
     run_dir = Path(cfg.output_dir)
     is_main = int(os.environ.get("RANK", "0")) == 0
     started = time.time()
+    install_signal_handlers()
+    fresh = not run_dir.exists()  # a bad dataset found while loading must leave nothing behind
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         rundir.atomic_write_text(run_dir / "resolved.yaml", run_config.dump(cfg))
         rundir.write_status(run_dir, "running", pid=os.getpid(), host=socket.gethostname(),
-                            slurm_job_id=os.environ.get("SLURM_JOB_ID"), started=started)
+                            slurm_job_id=os.environ.get("SLURM_JOB_ID"), started=started,
+                            resume_from=latest_checkpoint(run_dir))
     try:
         parts = setup(cfg)
         parts["phase_seconds"] = {"setup": time.time() - started}
         trainer, out = train(cfg, parts)
+        if out.get("preempted"):
+            if parts["wandb_mode"] != "disabled":
+                wandb = sys.modules.get("wandb")
+                if wandb is not None and getattr(wandb, "run", None) is not None:
+                    wandb.mark_preempting()
+                    wandb.finish(exit_code=EXIT_PREEMPTED)
+            if is_main:
+                rundir.write_status(run_dir, "preempted", step=out["step"], checkpoint=out["checkpoint"],
+                                    signal=PREEMPT["signal"], ended=time.time())
+                print(f"[train] {cfg.name}: preempted at step {out['step']}, checkpoint {out['checkpoint']}; "
+                      f"exit {EXIT_PREEMPTED}", file=sys.stderr, flush=True)
+            return EXIT_PREEMPTED
         parts["phase_seconds"]["train"] = time.time() - started - parts["phase_seconds"]["setup"]
         PROGRESS["phase"] = "finish"
         metrics = finish(cfg, parts, trainer, out, started)
+    except Exception as e:
+        from data_prep.catalog import DataError
+        if not (isinstance(e, DataError) and PROGRESS["phase"] == "setup"):
+            return _failed(cfg, run_dir, is_main, e)
+        abort_wandb()  # bad input (e.g. a file whose columns match no format): exit 2, nothing written
+        if is_main and fresh:
+            import shutil
+            shutil.rmtree(run_dir, ignore_errors=True)
+        elif is_main:  # a cell folder the launcher made: say why in status.json
+            rundir.write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}"[:2000], ended=time.time(),
+                                phase="setup", step=0)
+        print(f"error: dataset {cfg.dataset}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     except BaseException as e:  # noqa: BLE001 - every failure must reach status.json and the exit code
-        oom = is_oom(e)
-        abort_wandb()
-        if is_main:
-            where = dict(phase=PROGRESS["phase"], step=PROGRESS["step"])
-            if oom:
-                where["peak_memory_gib"], where["peak_memory_kind"] = peak_memory()
-            rundir.write_status(run_dir, "oom" if oom else "failed", error=f"{type(e).__name__}: {e}"[:2000],
-                                ended=time.time(), **where)
-        if oom:
-            print(f"error: out of memory in {cfg.name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                  file=sys.stderr)
-            return EXIT_OOM
-        traceback.print_exc()
-        return EXIT_FAILED
+        return _failed(cfg, run_dir, is_main, e)
     if is_main:
         rundir.atomic_write_json(run_dir / rundir.METRICS_FILE, metrics)
         finish_wandb(metrics, cfg, parts["wandb_mode"])

@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
 import yaml  # noqa: E402
 
 from finetune import rundir  # noqa: E402
-from finetune.config import ConfigError, coerce, did_you_mean  # noqa: E402
+from finetune.config import ConfigError, coerce, did_you_mean, read_yaml_mapping  # noqa: E402
 from launch import plan as planner  # noqa: E402
 from launch import render, report  # noqa: E402
 from launch.spec import (AXES, EXECUTORS, RESOURCE_SCALARS, RULE_KEYS, TRAIN_KEYS, Resources, SweepSpec, expand,  # noqa: E402
@@ -120,15 +120,7 @@ def _rule(text: str) -> dict:
 
 
 def _load_config(path: str) -> dict:
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"cannot read sweep config {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of sweep keys")
-    return data
+    return read_yaml_mapping(path, "sweep config")
 
 
 def _unknown(keys, valid, what: str, where: str = "") -> list[str]:
@@ -345,6 +337,24 @@ def print_results(out: Path) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_datasets(spec: SweepSpec) -> None:
+    """Dataset names, tiers, local files and their layout, checked here so a typo fails before
+    anything is written or queued, not in every cell's job. Hub datasets are checked by name only."""
+    from data_prep import catalog, formats, sources
+
+    for name in spec.datasets:
+        request = catalog.parse(name)  # DataError (a ValueError): unknown name, bad tier, missing file
+        entry = request.entry
+        if entry.format == "auto" and Path(entry.source).exists():
+            rows = sources.load(entry)
+            first = rows[0] if len(rows) else None
+            for task in spec.tasks:
+                try:
+                    formats.detect(rows.column_names, first, task)
+                except catalog.DataError as e:
+                    raise catalog.DataError(f"dataset {name}: {e}") from None
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.status:
@@ -353,6 +363,7 @@ def main(argv=None) -> int:
         spec = build_spec(args)
         executor, hosts = resolve_executor(args, spec)
         cells = expand(spec)
+        check_datasets(spec)
         plans = plan_cells(cells, spec.resources)
         rerun = set(_split(args.rerun))
         if rerun - set(rundir.STATES):

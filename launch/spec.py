@@ -223,6 +223,23 @@ def setup_line(line: str) -> str:
     return text
 
 
+SLURM_MEM = re.compile(r"^[0-9]+[KMGT]?$")
+SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def _slurm_time_ok(text: str) -> bool:
+    """SLURM's forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; minutes and seconds below 60 where they
+    follow an hour or minute field."""
+    m = SLURM_TIME.match(text)
+    if not m:
+        return False
+    days, first, second, third = m.groups()
+    later = [int(x) for x in (second, third) if x is not None]
+    if days is None and third is None:  # M or M:S
+        return second is None or int(second) < 60
+    return all(x < 60 for x in later) and (days is None or int(first) < 24)
+
+
 def validate_resources(res: Resources) -> None:
     if res.zero not in ZERO_CHOICES:
         raise ConfigError(f"unknown zero stage {res.zero!r}{did_you_mean(res.zero, ZERO_CHOICES)}")
@@ -233,8 +250,13 @@ def validate_resources(res: Resources) -> None:
     for key in ("nodes", "cpus_per_task"):
         if getattr(res, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(res, key)}")
-    if res.gpus_per_node < 0:
-        raise ConfigError(f"gpus_per_node must be >= 0, got {res.gpus_per_node}")
+    if res.gpus_per_node < 0 or (res.gpus_per_node == 0 and res.gpu != "cpu"):
+        raise ConfigError(f"gpus_per_node must be >= 1 on gpu preset {res.gpu!r}, got {res.gpus_per_node} "
+                          f"(use --gpu cpu for CPU-only cells)")
+    if res.mem and not SLURM_MEM.match(res.mem):
+        raise ConfigError(f"mem {res.mem!r} is not a SLURM memory size like 64G, 500M or 8000")
+    if not _slurm_time_ok(res.time):
+        raise ConfigError(f"time {res.time!r} is not a SLURM time like 04:00:00, 90 or 2-12:00:00")
     for key in ("mem", "time", "partition", "account", "qos"):
         value = getattr(res, key)
         if not SAFE_SLURM_VALUE.match(value):

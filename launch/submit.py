@@ -11,6 +11,7 @@ Every SLURM path runs the cell's own job.sbatch: by hand (`sbatch`) or as an arr
 from __future__ import annotations
 
 import os
+import socket
 import shutil
 import subprocess
 import sys
@@ -280,10 +281,29 @@ def _job_id(status: dict) -> str | None:
     return status.get("job_id") or status.get("slurm_job_id")
 
 
+def _local_process_gone(status: dict) -> bool:
+    """A cell `running` outside SLURM on this host whose process no longer exists (kill -9, reboot)."""
+    if status.get("state") != "running" or _job_id(status) or status.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(status["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (KeyError, TypeError, ValueError, PermissionError):
+        return False
+    return False
+
+
 def refresh(cell_dirs) -> dict[Path, dict]:
     """Each cell's status; a cell SLURM has finished with but whose status.json still says submitted
     or running (killed, timed out, died before the entrypoint started) is marked as it ended."""
     statuses = {Path(d): rundir.read_status(d) for d in cell_dirs}
+    for d, s in statuses.items():
+        if _local_process_gone(s) and rundir.read_status(d).get("state") == "running":
+            statuses[d] = rundir.write_status(
+                d, "failed", log_tail=log_tail(last_log(d)),
+                error=f"process {s['pid']} on {s['host']} died before recording an outcome (killed?); "
+                      f"a re-run (--rerun failed) resumes from its last checkpoint")
     held = {d: _job_id(s) for d, s in statuses.items() if s.get("state") in IN_FLIGHT and _job_id(s)}
     slurm = sacct_states(held.values())
     for d, job in held.items():
