@@ -117,3 +117,12 @@ def test_token_loss_is_a_mean_over_the_steps_tokens():
     # Inside an accumulation of 10 target tokens in all, this micro-batch contributes its sum / 10.
     assert tasks.token_loss({"logits": logits}, labels, num_items_in_batch=torch.tensor(10)).item() == \
         pytest.approx((total / 10).item(), rel=1e-6)
+
+
+def test_rouge_partial_overlap_matches_hand_computation():
+    from finetune import tasks
+    out = tasks.rouge(["the cat sat"], ["the cat sat down"])
+    # unigrams: P = 3/3, R = 3/4 -> F = 2PR/(P+R); bigrams: P = 2/2, R = 2/3; LCS = 3 words
+    assert out["rouge1"] == pytest.approx(2 * 1 * 0.75 / 1.75)
+    assert out["rouge2"] == pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))
+    assert out["rougeL"] == pytest.approx(2 * 1 * 0.75 / 1.75)
