@@ -102,6 +102,7 @@ class Setting:
     micro_batch: int = 1
     seq_len: int = 2048
     grad_ckpt: bool = False
+    chunked_loss: bool = True  # the entrypoint's default; --loss stock measures the full fp32 logits path
     gpu: str = "h100-80gb"
 
     def with_value(self, axis: str, value: int) -> "Setting":
@@ -133,7 +134,7 @@ class Setting:
                "dataset": dataset, "eval_rows": EVAL_ROWS, "seq_len": self.seq_len,
                "micro_batch": self.micro_batch, "grad_accum": 1, "max_steps": steps, "lr": 1e-5,
                "warmup": 0.0, "schedule": "constant", "grad_ckpt": self.grad_ckpt, "logging_steps": 1,
-               "wandb_mode": "disabled", "seed": 0}
+               "wandb_mode": "disabled", "seed": 0, "chunked_loss": self.chunked_loss}
         if self.method in LORA_METHODS:
             run["rank"] = self.rank or 16
             t = self.targets
@@ -710,6 +711,8 @@ def parse_args(argv):
     p.add_argument("--seq-len-range", default=None, help="LO:HI, search the sequence length")
     p.add_argument("--seq-step", type=int, default=64, help="granularity of a sequence-length search")
     p.add_argument("--grad-ckpt", action="store_true")
+    p.add_argument("--loss", choices=("chunked", "stock"), default="chunked",
+                   help="the causal-LM loss the tries run: chunked (the entrypoint's default) or stock (fp32 logits)")
     p.add_argument("--gpu", default="h100-80gb", help="the preset of the device the tries run on")
     p.add_argument("--gpus", type=int, default=1, help="GPUs per try (torchrun on one node)")
     p.add_argument("--zero", type=int, default=0, choices=planner.ZERO_STAGES)
@@ -781,7 +784,8 @@ def build(args) -> Probe:
                 planner.resolve_targets(spec, targets.split(";") if ";" in targets else targets)
             s = Setting(model=model, method=method, rank=(args.rank or 16) if lora else None,
                         targets=targets if lora else "preset", zero=args.zero, gpus=args.gpus,
-                        micro_batch=args.micro_batch or 1, seq_len=seq, grad_ckpt=args.grad_ckpt, gpu=args.gpu)
+                        micro_batch=args.micro_batch or 1, seq_len=seq, grad_ckpt=args.grad_ckpt, gpu=args.gpu,
+                        chunked_loss=args.loss == "chunked")
             if lora:
                 planner.param_counts(spec, method, s.rank, targets.split(";") if targets not in
                                      ("preset", "all-linear") else targets)

@@ -262,7 +262,7 @@ def test_cpu_search_finds_a_real_oom_boundary(tmp_path, capsys):
     rest)."""
     before = _digest(planner.MEASURED_FILE)
     out = tmp_path / "probe"
-    code = probe.main(["--model", "pythia-tiny", "--gpu", "cpu", "--mem-cap-gib", "0.5", "--seq-len", "512",
+    code = probe.main(["--model", "pythia-tiny", "--gpu", "cpu", "--loss", "stock", "--mem-cap-gib", "0.5", "--seq-len", "512",
                        "--micro-batch-range", "1:64", "--guess", "40", "--steps", "2", "--out", str(out),
                        "--python", sys.executable])
     printed = capsys.readouterr().out
@@ -296,7 +296,7 @@ def test_tries_run_as_slurm_jobs_under_the_cap(slurm_cluster, tmp_path, capsys):
     outcomes = {}
     for mb in (8, 64):
         out = tmp_path / f"mb{mb}"
-        code = probe.main(["--model", "pythia-tiny", "--gpu", "cpu", "--mem-cap-gib", "0.5", "--seq-len", "512",
+        code = probe.main(["--model", "pythia-tiny", "--gpu", "cpu", "--loss", "stock", "--mem-cap-gib", "0.5", "--seq-len", "512",
                            "--micro-batch", str(mb), "--steps", "2", "--executor", "slurm", "--out", str(out),
                            "--mem", "3G", "--cpus-per-task", "1", "--time", "00:10:00", "--python", sys.executable])
         assert code == 0, capsys.readouterr()

@@ -56,9 +56,10 @@ def test_four_cells_as_one_throttled_array(slurm_cluster, tmp_path):
 
 
 def test_a_failing_cell_is_marked_with_its_log_tail_and_rerun_alone(slurm_cluster, tmp_path):
-    # One dataset file exists (so the grid accepts it) but holds no known layout: its cell fails at run time.
+    # One dataset file passes the grid's layout check (alpaca columns) but every response is empty, so
+    # nothing is left to train on: its cell fails at run time, not at validation.
     broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"question": "x", "label": 1}\n' * 64)
+    broken.write_text("".join(f'{{"instruction": "word {i}", "input": "", "output": ""}}\n' for i in range(64)))
     out = tmp_path / "sweep"
     args = ["--name", "fail3", "--out", out, "--ranks", "4", "--datasets", f"wordnet:small,{broken}",
             "--seeds", "0,1", "--exclude", f"dataset={broken},seed=1", *TINY_GRID]
@@ -71,8 +72,8 @@ def test_a_failing_cell_is_marked_with_its_log_tail_and_rerun_alone(slurm_cluste
     assert [status(c)["state"] for c in good] == ["done", "done"]
     failed = status(bad)
     assert failed["state"] == "failed" and failed["exit_code"] != 0
-    assert "broken.jsonl" in failed["error"] or "columns" in failed["error"], failed["error"]
-    assert failed["log_tail"].strip() and "Traceback" in (bad / "logs" / "train.log").read_text()
+    assert "broken" in failed["error"], failed["error"]
+    assert failed["log_tail"].strip() and "error:" in (bad / "logs" / "train.log").read_text()
     first_jobs = {c.name: status(c)["job_id"] for c in cells}
     assert wait_job(first_jobs[bad.name]) == "FAILED"  # a failed cell never exits 0
 
