@@ -109,8 +109,7 @@ def ensure_distributed_env(cfg: RunConfig) -> None:
     # DeepSpeed in a single plain `python` process still wants the torch.distributed variables,
     # else it falls back to mpi4py discovery.
     if cfg.deepspeed and "RANK" not in os.environ:
-        import socket as s
-        with s.socket() as sock:
+        with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",

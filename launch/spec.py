@@ -227,17 +227,21 @@ SLURM_MEM = re.compile(r"^[0-9]+[KMGT]?$")
 SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
-def _slurm_time_ok(text: str) -> bool:
-    """SLURM's forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; minutes and seconds below 60 where they
-    follow an hour or minute field."""
+def slurm_time_minutes(text: str) -> int:
+    """A SLURM time limit in whole minutes, rounded up (submitit takes minutes). SLURM's forms: M, M:S,
+    H:M:S, D-H, D-H:M, D-H:M:S; minutes and seconds below 60 where they follow an hour or minute field."""
     m = SLURM_TIME.match(text)
-    if not m:
-        return False
-    days, first, second, third = m.groups()
-    later = [int(x) for x in (second, third) if x is not None]
-    if days is None and third is None:  # M or M:S
-        return second is None or int(second) < 60
-    return all(x < 60 for x in later) and (days is None or int(first) < 24)
+    if m:
+        days, first, second, third = m.groups()
+        if days is None and third is None:  # M or M:S
+            hours, minutes, seconds = 0, int(first), int(second or 0)
+            valid = seconds < 60
+        else:
+            hours, minutes, seconds = int(first), int(second or 0), int(third or 0)
+            valid = minutes < 60 and seconds < 60 and (days is None or hours < 24)
+        if valid:
+            return int(days or 0) * 24 * 60 + hours * 60 + minutes + (1 if seconds else 0)
+    raise ConfigError(f"time {text!r} is not a SLURM time like 04:00:00, 90 or 2-12:00:00")
 
 
 def validate_resources(res: Resources) -> None:
@@ -255,8 +259,7 @@ def validate_resources(res: Resources) -> None:
                           f"(use --gpu cpu for CPU-only cells)")
     if res.mem and not SLURM_MEM.match(res.mem):
         raise ConfigError(f"mem {res.mem!r} is not a SLURM memory size like 64G, 500M or 8000")
-    if not _slurm_time_ok(res.time):
-        raise ConfigError(f"time {res.time!r} is not a SLURM time like 04:00:00, 90 or 2-12:00:00")
+    slurm_time_minutes(res.time)
     for key in ("mem", "time", "partition", "account", "qos"):
         value = getattr(res, key)
         if not SAFE_SLURM_VALUE.match(value):

@@ -21,6 +21,7 @@ from pathlib import Path
 from finetune import rundir
 
 from launch.render import PROJECT_ROOT, SIGNAL_GRACE_S, TRAIN_PY
+from launch.spec import slurm_time_minutes
 from launch.spec import container_flags, sbatch_line
 
 IN_FLIGHT = ("submitted", "running")
@@ -134,18 +135,6 @@ class HostfileExecutor(LocalExecutor):
 # SLURM (submitit)
 
 
-def _time_minutes(text: str) -> int:
-    """SLURM time -> whole minutes, rounded up (submitit takes minutes). SLURM reads `M`, `M:S`,
-    `H:M:S`, and with days `D-H`, `D-H:M`, `D-H:M:S`."""
-    days, _, rest = text.rpartition("-")
-    parts = [int(x) for x in rest.split(":")]
-    if days:
-        hours, minutes, seconds = (parts + [0, 0])[:3]
-    else:
-        hours, minutes, seconds = ([0, 0] + parts)[-3:] if len(parts) > 1 else (0, parts[0], 0)
-    return int(days or 0) * 24 * 60 + hours * 60 + minutes + (1 if seconds else 0)
-
-
 class CellTask:
     """What one array task runs, once per node: the cell's own job.sbatch in its per-node branch
     (FTGRID_NODE=1: submitit's srun already started one task per node), so the array and a hand
@@ -183,7 +172,7 @@ def submitit_parameters(res, job_name: str, max_parallel: int) -> dict:
     if res.exclusive:
         extra["exclusive"] = True
     params = dict(nodes=res.nodes, tasks_per_node=1, cpus_per_task=res.cpus_per_task,
-                  timeout_min=_time_minutes(res.time), name=job_name, slurm_signal_delay_s=SIGNAL_GRACE_S,
+                  timeout_min=slurm_time_minutes(res.time), name=job_name, slurm_signal_delay_s=SIGNAL_GRACE_S,
                   slurm_array_parallelism=max_parallel or 256, slurm_additional_parameters=extra)
     flags = container_flags(res.container)
     if flags:  # the whole task runs in the container: it must hold this python, submitit and the project

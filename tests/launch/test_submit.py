@@ -6,7 +6,7 @@ import pytest
 
 from finetune import rundir
 from launch import submit
-from launch.spec import Resources
+from launch.spec import Resources, slurm_time_minutes
 
 
 def test_submitit_parameters_carry_the_cells_sbatch_settings():
@@ -27,7 +27,7 @@ def test_submitit_parameters_carry_the_cells_sbatch_settings():
                                            ("00:00:30", 1), ("01:30", 2), ("1-02", 26 * 60),
                                            ("2-03:04", 2 * 1440 + 184)])
 def test_slurm_time_to_minutes(text, minutes):
-    assert submit._time_minutes(text) == minutes
+    assert slurm_time_minutes(text) == minutes
 
 
 def test_a_cell_that_dies_before_the_entrypoint_speaks_is_marked_failed_with_its_log_tail(tmp_path):
