@@ -88,6 +88,7 @@ def ds_config(zero: int, offload: str, *, pin_memory: bool = True) -> dict:
 def _paths(run_dir: Path, hostfile: Path | None = None) -> dict:
     d = str(run_dir)  # plain strings: Path joins cost more than the rest of a cell's context
     return {"job": f"{d}/job.sbatch", "cell_yaml": f"{d}/cell.yaml", "logs": f"{d}/logs",
+            "status": f"{d}/status.json",
             "run_deepspeed": f"{d}/run_deepspeed.sh", "run_torchrun": f"{d}/run_torchrun.sh",
             "hostfile": str(hostfile) if hostfile else None}
 

@@ -127,8 +127,8 @@ def test_constraint_exclusive_and_extra_sbatch_lines_are_in_the_header():
 def test_setup_lines_verbatim_before_the_launcher_and_container_flags_on_srun():
     text = lines("zero3_offload_4x8_full")
     assert "module load cuda/12.4" in text and "source /opt/venv/bin/activate" in text
-    assert text.index("module load cuda/12.4") < next(i for i, x in enumerate(text) if "exec srun" in x)
-    srun = next(x for x in text if "exec srun" in x)
+    assert text.index("module load cuda/12.4") < next(i for i, x in enumerate(text) if "FTGRID_NODE=1 srun" in x)
+    srun = next(x for x in text if "FTGRID_NODE=1 srun" in x)
     assert ("--container-image=nvcr.io/nvidia/pytorch:24.05-py3 --no-container-mount-home "
             "--container-mounts=/data:/data,/opt:/opt") in srun  # sorted by key: stable output
     assert "#SBATCH --nodes=4" in text and any("--nnodes 4 --nproc_per_node 8" in x for x in text)
@@ -148,7 +148,7 @@ def test_deepspeed_launcher_builds_a_hostfile_from_the_allocation():
     assert "-m deepspeed.launcher.runner --hostfile \"$hostfile\" --no_local_rank" in text
     assert '--master_addr "$head_node" --master_port "$port" --num_nodes 2 --num_gpus 8' in text
     assert "--no_ssh_check" not in text  # two nodes: DeepSpeed's ssh check must run
-    assert "torch.distributed.run" not in text and "exec srun" not in text
+    assert "torch.distributed.run" not in text and "FTGRID_NODE=1 srun" not in text
     assert "pdsh" in text  # the header says what the DeepSpeed launcher needs
 
 

@@ -1,20 +1,22 @@
 """A rendered job.sbatch, submitted by hand with `sbatch`, trains its cell on the real local SLURM."""
 import json
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
-from cells import ROOT, explain, run
+from cells import ROOT, explain, metrics, run, train
 from slurm_fixture import sacct_rows, wait_job
 
 pytestmark = pytest.mark.slurm
 
 
-def render_tiny_cell(out, *extra, name="by-hand"):
+def render_tiny_cell(out, *extra, name="by-hand", steps=12):
     proc = run([sys.executable, ROOT / "launch" / "grid.py", "--name", name, "--out", out,
                 "--models", "pythia-tiny", "--ranks", "4", "--lrs", "3e-3", "--gpu", "cpu", "--cpus-per-task", "1",
-                "--mem", "3G", "--time", "00:10:00", "--max-steps", "12", "--seq-len", "64",
+                "--mem", "3G", "--time", "00:10:00", "--max-steps", str(steps), "--seq-len", "64",
                 "--set", "eval_rows=32", "--dry-run", *extra])
     assert proc.returncode == 0, explain(proc)
     (cell,) = [p for p in out.iterdir() if p.is_dir()]
@@ -63,3 +65,47 @@ def test_sbatch_of_the_deepspeed_launcher_variant_runs_the_cell(slurm_cluster, t
     assert (cell / "logs" / f"hostfile-{job_id}").read_text() == f"{slurm_cluster.node} slots=1\n"
     assert json.loads((cell / "status.json").read_text())["state"] == "done"
     assert json.loads((cell / "metrics.json").read_text())["steps"] == 12
+
+
+@pytest.mark.slow
+def test_scancel_usr1_checkpoints_requeues_and_resumes_to_the_uninterrupted_loss(slurm_cluster, tmp_path):
+    steps = 40
+    cell = render_tiny_cell(tmp_path / "sweep", "--set", "save_every=5", "--set", "num_samples=0", steps=steps)
+    # The same cell run straight through, without SLURM: the reference the resumed job must end on.
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    shutil.copy(cell / "cell.yaml", straight / "cell.yaml")
+    ref = train(straight / "cell.yaml", timeout=400)
+    assert ref.returncode == 0, explain(ref)
+
+    proc = subprocess.run(["sbatch", "--parsable", cell / "job.sbatch"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip().split(";")[0]
+    first_ckpt = cell / "checkpoints" / "checkpoint-5" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not first_ckpt.exists():  # training is under way
+        assert time.time() < deadline, f"no checkpoint-5 after 300 s: {sacct_rows(job_id, ['State'])}"
+        time.sleep(0.2)
+    signal = subprocess.run(["scancel", "--signal=USR1", job_id], capture_output=True, text=True)
+    assert signal.returncode == 0, signal.stderr
+
+    state = wait_job(job_id, timeout=600)
+    log = (cell / "logs" / f"slurm-{job_id}.out").read_text(errors="replace")
+    assert state == "COMPLETED", log[-4000:]
+    assert "requeueing job" in log and "resuming from" in log, log[-4000:]
+    status = json.loads((cell / "status.json").read_text())
+    states = [h["state"] for h in status["history"]]
+    assert "preempted" in states and states[-1] == "done", states
+    assert status["resume_from"].startswith(str(cell / "checkpoints" / "checkpoint-")), status
+    # sacct keeps the first run's record as REQUEUED next to the final COMPLETED one.
+    records = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "--duplicates", "-o", "State"],
+                             capture_output=True, text=True).stdout.split()
+    assert "REQUEUED" in records and records[-1] == "COMPLETED", records
+
+    m, want = metrics(cell), metrics(straight)
+    assert m["steps"] == want["steps"] == steps
+    assert m["tokens"] == want["tokens"]
+    assert m["eval_loss"] == pytest.approx(want["eval_loss"], abs=1e-4)
+    assert m["train_loss_last"] == pytest.approx(want["train_loss_last"], abs=1e-4)
+    print(f"\nSLURM preemption: requeued, resumed from {status['resume_from']}; eval loss "
+          f"{m['eval_loss']!r} vs uninterrupted {want['eval_loss']!r}; sacct {records}")
