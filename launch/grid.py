@@ -32,7 +32,8 @@ from finetune.config import ConfigError, coerce, did_you_mean, read_yaml_mapping
 from launch import plan as planner  # noqa: E402
 from launch import render, report  # noqa: E402
 from launch.spec import (AXES, EXECUTORS, RESOURCE_SCALARS, RULE_KEYS, TRAIN_KEYS, Resources, SweepSpec, expand,  # noqa: E402
-                         parse_bool, parse_hostfile, parse_int, to_yaml_dict, typed_axis)
+                         parse_bool, parse_hostfile, parse_int, to_yaml_dict, typed_axis, validate_output_dir,
+                         validate_python, validate_sweep_name)
 
 EXIT_BAD_INPUT = 2
 # CLI flags for the sweep's fixed training settings (any other RunConfig field: --set KEY=VALUE).
@@ -139,7 +140,7 @@ def build_spec(args) -> SweepSpec:
     for key in LIST_KEYS:
         if key in data and not isinstance(data[key], list):
             raise ConfigError(f"{key} in {args.config} takes a list")
-    spec = SweepSpec(name=args.name or data.get("name") or "sweep")
+    spec = SweepSpec(name=validate_sweep_name(str(args.name or data.get("name") or "sweep")))
     for axis in AXES:
         values = getattr(args, axis)
         values = _split(values) if values is not None else data.get(axis)
@@ -372,6 +373,8 @@ def main(argv=None) -> int:
         out = Path(args.out or Path("runs") / spec.name)
         if out.exists() and not out.is_dir():
             raise ConfigError(f"output directory {out} is a file")
+        validate_output_dir(out)
+        validate_python(args.python)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -19,6 +19,7 @@ import itertools
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from finetune import config as run_config
@@ -40,6 +41,11 @@ EXECUTORS = ("slurm", "local", "debug", "hostfile")
 SAFE_SLURM_VALUE = re.compile(r"^[A-Za-z0-9_.,:@%+=/-]*$")  # partition, account, qos, time, mem
 # A feature expression (`a100&ib`, `[rack1|rack2]`): #SBATCH lines are read by sbatch, not by a shell.
 SAFE_CONSTRAINT = re.compile(r"^[A-Za-z0-9_.,:@%+=/&|()\[\]*!-]*$")
+# The sweep name is a folder name, the SLURM job name and the wandb group, and is written into comments.
+SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=@-]*$")
+# The sweep folder lands in `#SBATCH --output=`, which sbatch splits on whitespace, reads quotes in and
+# expands % patterns in (no shell): those, backslashes and control characters cannot be carried there.
+UNSAFE_SBATCH_PATH = re.compile(r"[\s'\"\\%\x00-\x1f\x7f]")
 SBATCH_LINE = re.compile(r"^--([A-Za-z][A-Za-z0-9-]*)(?:=([A-Za-z0-9_.,:@%+=/&|()\[\]*!-]+))?$")
 # #SBATCH options the kit renders itself: an extra line must not silently override them.
 MANAGED_SBATCH = {"job-name": "the cell id", "nodes": "nodes", "ntasks-per-node": "one task per node",
@@ -242,6 +248,29 @@ def slurm_time_minutes(text: str) -> int:
         if valid:
             return int(days or 0) * 24 * 60 + hours * 60 + minutes + (1 if seconds else 0)
     raise ConfigError(f"time {text!r} is not a SLURM time like 04:00:00, 90 or 2-12:00:00")
+
+
+def validate_sweep_name(name: str) -> str:
+    if not SWEEP_NAME.match(name):
+        raise ConfigError(f"sweep name {name!r} must start with a letter or digit and hold only letters, digits "
+                          f"and _.+=@- (it names a folder, the SLURM job and the wandb group)")
+    return name
+
+
+def validate_output_dir(path) -> None:
+    """The sweep folder, as it will be written into job.sbatch (resolved, absolute)."""
+    text = str(Path(path).resolve())
+    bad = UNSAFE_SBATCH_PATH.search(text)
+    if bad:
+        raise ConfigError(f"output directory {text!r} has {bad.group()!r}, which an #SBATCH line cannot carry "
+                          f"(no whitespace, quotes, backslashes, % or control characters)")
+
+
+def validate_python(path: str) -> str:
+    """The jobs' interpreter: quoted on every shell line, but a control character would break a comment line."""
+    if re.search(r"[\x00-\x1f\x7f]", path):
+        raise ConfigError(f"--python {path!r} has a control character (a newline?)")
+    return path
 
 
 def validate_resources(res: Resources) -> None:
