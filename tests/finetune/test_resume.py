@@ -153,3 +153,46 @@ def test_a_running_local_cell_whose_process_is_gone_is_marked_failed(tmp_path):
     got = submit.refresh([cell, alive])
     assert got[cell]["state"] == "failed" and "died before recording an outcome" in got[cell]["error"]
     assert got[alive]["state"] == "running"
+
+
+ZERO_RESUME = dict(max_steps=16, save_every=4, num_samples=0, logging_steps=4)
+
+
+def torchrun_popen(cell_yaml: Path) -> subprocess.Popen:
+    """Two CPU ranks under torchrun, which forwards USR1 to them as the rendered job.sbatch has it do."""
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", "--shutdown-timeout",
+                             "120", str(cells.TRAIN_PY), "--cell", str(cell_yaml)], cwd=cells.ROOT,
+                            env=cells.clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("zero", [2, 3])
+def test_usr1_under_zero_with_two_ranks_resumes_to_the_uninterrupted_loss(tmp_path, zero):
+    straight = cells.make_cell(tmp_path / "straight", zero=zero, **ZERO_RESUME)
+    ref = cells.torchrun(straight)
+    assert ref.returncode == 0, cells.explain(ref)
+    want = cells.metrics(straight.parent)
+
+    cell_yaml = cells.make_cell(tmp_path / "preempted", zero=zero, **ZERO_RESUME)
+    cell = cell_yaml.parent
+    proc = torchrun_popen(cell_yaml)
+    wait_for(cell / "checkpoints" / "checkpoint-4" / "trainer_state.json", proc, timeout=400)
+    proc.send_signal(signal.SIGUSR1)  # to torchrun: it forwards the signal to both ranks
+    out, _ = proc.communicate(timeout=400)
+    status = cells.status(cell)
+    assert proc.returncode != 0 and status["state"] == "preempted", out[-4000:]
+    stopped = status["step"]
+    assert 4 <= stopped < ZERO_RESUME["max_steps"], status
+    ckpt = Path(status["checkpoint"])
+    assert list(ckpt.glob(f"global_step{stopped}/*optim_states.pt")), sorted(p.name for p in ckpt.rglob("*"))
+
+    again = cells.torchrun(cell_yaml)
+    assert again.returncode == 0, cells.explain(again)
+    assert f"resuming from {ckpt}" in again.stdout + again.stderr
+    m = cells.metrics(cell)
+    assert m["steps"] == want["steps"] == ZERO_RESUME["max_steps"] and m["zero_stage"] == zero
+    assert m["tokens"] == want["tokens"]
+    assert m["eval_loss"] == pytest.approx(want["eval_loss"], abs=1e-4)
+    assert m["train_loss_last"] == pytest.approx(want["train_loss_last"], abs=1e-4)
+    print(f"\nZeRO-{zero} resume: stopped at {stopped}; eval {m['eval_loss']!r} vs {want['eval_loss']!r}; "
+          f"tokens {m['tokens']} vs {want['tokens']}")
