@@ -18,7 +18,7 @@ So the runs differ only in how the work is laid out, and their per-step losses m
 The ladder (each row adds one thing to the row above; the gain column is row / previous row):
   baseline         HF Trainer + PEFT, micro-batches of --micro-batch examples padded to the longest,
                    gradient accumulation to --examples-per-step, sdpa, stock loss, optim adamw_torch
-                   (what the kit's entrypoint uses today; transformers' own default is adamw_torch_fused)
+                   (a plain Trainer set-up; the kit's entrypoint and transformers default to adamw_torch_fused)
   + packing        the step's examples best-fit packed (data_prep.packing) into rows of <= the cap, position
                    ids restarting per example and no attention mask (block-diagonal attention, examples never
                    see each other), rows grouped into micro-batches of <= --token-budget tokens;

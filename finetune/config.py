@@ -32,7 +32,8 @@ INITS = ("auto", "pretrained", "random")
 SCHEDULES = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "adafactor")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-PACKINGS = ("none", "bfd", "flatten")
+PACKINGS = ("auto", "none", "bfd", "flatten")
+PACKABLE_TASKS = ("sft", "summarization")  # causal models only: one loss over the tokens of every example
 WANDB_MODES = ("disabled", "offline", "online")
 
 
@@ -155,8 +156,11 @@ class RunConfig:
     dataset: str = "wordnet:small"    # NAME[:TIER] from data_prep's catalogue, or a local file
     eval_rows: int = 0                # held-out rows for eval loss / perplexity; 0 = the dataset's default
     seq_len: int = 256                # tokens per example; longer ones are truncated
-    packing: str = "none"             # causal sft/summarization: none | bfd (bin-pack examples into rows,
-                                      # position ids reset per example) | flatten (padding-free batches)
+    packing: str = "auto"             # auto = bfd for causal sft/summarization, else none | none | bfd
+                                      # (bin-pack examples into rows of seq_len: a micro batch is then
+                                      # micro_batch x seq_len tokens; position ids reset per example, so
+                                      # examples never attend to each other) | flatten (padding-free batches)
+    group_by_length: bool = True      # unpacked training: batches of similar lengths (less padding; order only)
     neftune_alpha: float = 0.0        # NEFTune: noise on input embeddings during training (5 is usual); 0 = off
     dpo_beta: float = 0.1             # dpo: strength of the KL anchor to the reference model
     max_new_tokens: int = 64          # summarization: generated summary length; also samples.jsonl generations
@@ -165,6 +169,10 @@ class RunConfig:
                                       # pretrained with method full: <cell>/model); overrides hub id and init
     chunked_loss: bool = True         # causal LM loss in vocabulary chunks: no tokens x vocab fp32 logits
     loss_chunk_size: int = 1024       # tokens per chunk of the chunked loss
+    lm_eval_tasks: str = ""           # lm-evaluation-harness tasks (comma list) scored on the saved model or
+                                      # adapter after training (rank 0; needs lm_eval, the dev extra); "" = off
+    lm_eval_include: str = ""         # a folder of local lm_eval task YAMLs (offline task definitions)
+    lm_eval_limit: int = 0            # examples per lm_eval task; 0 = all
     # --- batch and schedule
     micro_batch: int = 8              # examples per device per step
     grad_accum: int = 1               # micro-batches per optimizer step
@@ -180,6 +188,8 @@ class RunConfig:
     # --- numerics and systems
     precision: str = "auto"           # auto = bf16 on GPUs that have it, fp32 on CPU
     grad_ckpt: bool = False
+    torch_compile: bool = False       # torch.compile the model (pays off on long runs with static shapes)
+    dataloader_workers: int = -1      # -1 = auto: 0 on CPU, up to 4 per GPU process on a GPU (pinned memory)
     deepspeed: str | None = None      # path to a DeepSpeed JSON config (ds_config.json of the cell)
     seed: int = 0
     eval_every: int = 0               # steps between evaluations; 0 = only at the end
@@ -207,6 +217,12 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def effective_packing(self) -> str:
+        """auto: bin packing wherever it is exact (a causal model's sft/summarization loss), else none."""
+        if self.packing != "auto":
+            return self.packing
+        return "bfd" if self.task in PACKABLE_TASKS and model_spec(self.model).kind == "causal" else "none"
 
     # -- validation ----------------------------------------------------------------------------
     def validate(self) -> "RunConfig":
@@ -252,7 +268,7 @@ class RunConfig:
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         _choice("packing", self.packing, PACKINGS)
-        if self.packing != "none" and (self.task not in ("sft", "summarization") or spec.kind != "causal"):
+        if self.packing not in ("auto", "none") and (self.task not in PACKABLE_TASKS or spec.kind != "causal"):
             raise ConfigError(f"packing applies to causal sft and summarization, not {self.task!r} "
                               f"with {self.model} ({spec.kind})")
         if not 0 <= self.neftune_alpha <= 100:
@@ -273,6 +289,21 @@ class RunConfig:
             raise ConfigError(f"eval_rows must be >= 0, got {self.eval_rows}")
         if self.weights and not os.path.isfile(os.path.join(self.weights, "config.json")):
             raise ConfigError(f"weights folder {self.weights} holds no config.json (a saved model folder)")
+        if self.lm_eval_tasks:
+            from finetune import lm_eval_hook
+            try:
+                lm_eval_hook.parse_tasks(self.lm_eval_tasks)
+            except ValueError as e:
+                raise ConfigError(f"lm_eval_tasks: {e}") from None
+            if spec.kind != "causal" or self.task == "token-classification":
+                raise ConfigError(f"lm_eval_tasks scores causal language models; {self.model} with task "
+                                  f"{self.task!r} saves none")
+        if self.lm_eval_include and not os.path.isdir(self.lm_eval_include):
+            raise ConfigError(f"lm_eval_include {self.lm_eval_include!r} is not a folder")
+        if self.lm_eval_limit < 0:
+            raise ConfigError(f"lm_eval_limit must be >= 0 (0 = every example), got {self.lm_eval_limit}")
+        if self.dataloader_workers < -1:
+            raise ConfigError(f"dataloader_workers must be >= 0 (or -1 = auto), got {self.dataloader_workers}")
         if self.loss_chunk_size <= 0:
             raise ConfigError(f"loss_chunk_size must be positive, got {self.loss_chunk_size}")
         if self.deepspeed and not os.path.isfile(self.deepspeed):

@@ -14,6 +14,7 @@ loss by it; models whose own loss ignores that count (RoBERTa's token head, BART
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,36 @@ import torch.nn.functional as F
 import transformers
 
 from finetune import models
-from finetune.config import ConfigError, ModelSpec, RunConfig
+from finetune.config import ModelSpec, RunConfig
 
 IGNORE_INDEX = -100
 
 
 # ---------------------------------------------------------------------------------------------
-# training arguments (built BEFORE the model: a ZeRO-3 config then makes from_pretrained partition)
+# training arguments
+
+
+def sampling_strategy(cfg: RunConfig) -> str:
+    """Length grouping where rows vary in length: unpacked training (packed rows are all ~seq_len).
+    DPO rows are pairs the trl trainer tokenizes itself: no input_ids length to group by."""
+    if cfg.group_by_length and cfg.effective_packing() == "none" and cfg.task != "dpo":
+        return "group_by_length"
+    return "random"
+
+
+def dataloader_workers(cfg: RunConfig) -> int:
+    """-1 = auto: none on CPU (the training process has the cores); on a GPU up to 4 per process,
+    from the CPUs this node's processes share."""
+    if cfg.dataloader_workers >= 0:
+        return cfg.dataloader_workers
+    if not torch.cuda.is_available():
+        return 0
+    per_process = (len(os.sched_getaffinity(0)) // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)) - 1
+    return max(0, min(4, per_process))
 
 
 def training_args(cfg: RunConfig, spec: ModelSpec, report_to: list[str]):
+    # Built BEFORE the model: a ZeRO-3 config then makes from_pretrained partition.
     dtype = models.compute_dtype(cfg)
     common = dict(
         output_dir=str(Path(cfg.output_dir) / "checkpoints"),
@@ -49,7 +70,8 @@ def training_args(cfg: RunConfig, spec: ModelSpec, report_to: list[str]):
         warmup_steps=cfg.warmup,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
-        optim={"adamw": "adamw_torch", "adamw-8bit": "adamw_bnb_8bit",
+        # Fused AdamW: one kernel over all parameters (transformers' own default; also on CPU).
+        optim={"adamw": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit",
                "paged-adamw-8bit": "paged_adamw_8bit", "adafactor": "adafactor"}[cfg.optimizer],
         bf16=dtype == torch.bfloat16 and not cfg.is_lora,  # LoRA: base already in bf16
         fp16=dtype == torch.float16 and not cfg.is_lora,
@@ -72,6 +94,10 @@ def training_args(cfg: RunConfig, spec: ModelSpec, report_to: list[str]):
         average_tokens_across_devices=True,  # the loss divides by the step's tokens over all ranks
         remove_unused_columns=False,
         dataloader_drop_last=False,
+        train_sampling_strategy=sampling_strategy(cfg),
+        torch_compile=cfg.torch_compile,
+        dataloader_num_workers=dataloader_workers(cfg),
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True,
     )
     if cfg.neftune_alpha:
@@ -104,20 +130,12 @@ def load_data(cfg: RunConfig, spec: ModelSpec, tokenizer) -> Data:
     """Tokenized train/eval sets for the task, through data_prep's `prepare` (tokenized once, cached)."""
     # Every rank calls prepare: local rank 0 builds the cache entry, the others wait for it on disk
     # (no collective, so no NCCL timeout while rank 0 tokenizes).
-    try:
-        from data_prep.prepare import prepare  # (the package's `prepare` name is shadowed by the module)
-    except ImportError:  # an older data_prep: SFT only
-        prepare = None
-    if prepare is None:
-        if cfg.task != "sft" or cfg.packing != "none":
-            raise ConfigError(f"task {cfg.task!r} (packing {cfg.packing}) needs data_prep.prepare, which this "
-                              f"checkout lacks")
-        from data_prep import catalog, sft
-        train, eval_ds, stats = sft.build(catalog.parse(cfg.dataset), tokenizer, cfg.seq_len, cfg.eval_rows)
-        return Data(train, eval_ds, dataclasses.asdict(stats))
+    from data_prep.prepare import prepare  # (the package's `prepare` name is shadowed by the module)
+
+    packing = cfg.effective_packing()
     prep = prepare(cfg.dataset, task=cfg.task, tokenizer=tokenizer, seq_len=cfg.seq_len,
                    eval_rows=cfg.eval_rows, model_kind=spec.kind,
-                   packing=False if cfg.packing == "none" else cfg.packing)
+                   packing=False if packing == "none" else packing)
     stats = prep.stats
     if dataclasses.is_dataclass(stats):
         stats = dataclasses.asdict(stats)

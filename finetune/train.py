@@ -357,6 +357,7 @@ def finish(cfg: RunConfig, parts: dict, trainer, out: dict, started: float) -> d
         return {}
     if cfg.is_lora:
         check_adapter(saved)
+    lm_eval = run_lm_eval(cfg, saved, parts) if cfg.lm_eval_tasks else {}
     if samples:
         rundir.atomic_write_text(run_dir / "samples.jsonl",
                                  "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
@@ -379,7 +380,10 @@ def finish(cfg: RunConfig, parts: dict, trainer, out: dict, started: float) -> d
         "initial_eval_loss": out["initial_eval"]["eval_loss"],
         "eval_loss": eval_loss,
         "perplexity": math.exp(min(eval_loss, 50.0)) if lm_loss else None,
-        "task_metrics": {**task_metrics(cfg, final), **train_task_metrics(cfg, history)},
+        "task_metrics": {**task_metrics(cfg, final), **train_task_metrics(cfg, history),
+                         **{f"{task}/{name}": value for task, scores in lm_eval.items()
+                            for name, value in scores.items() if not name.endswith("_stderr")}},
+        "lm_eval": lm_eval or None,
         "initial_task_metrics": task_metrics(cfg, out["initial_eval"]),
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
@@ -394,6 +398,9 @@ def finish(cfg: RunConfig, parts: dict, trainer, out: dict, started: float) -> d
         "global_batch": cfg.micro_batch * cfg.grad_accum * args.world_size,
         "deepspeed": ds_facts,
         "loss_impl": _loss_impl(trainer.model),
+        "packing": cfg.effective_packing(),
+        "sampling": args.train_sampling_strategy,
+        "optimizer_impl": str(args.optim.value if hasattr(args.optim, "value") else args.optim),
         "zero_stage": (ds_facts or {}).get("stage"),
         "local_param_fraction_at_load": parts["local_fraction"],
         "local_param_fraction": me["local_param_fraction"],
@@ -410,6 +417,19 @@ def finish(cfg: RunConfig, parts: dict, trainer, out: dict, started: float) -> d
         "history": history,
     }
     return metrics
+
+
+def run_lm_eval(cfg: RunConfig, saved: Path, parts: dict) -> dict:
+    """The lm-evaluation-harness tasks on what this run saved: the adapter on its base, or the model."""
+    from finetune import lm_eval_hook
+    t0 = time.time()
+    on_gpu = parts["on_gpu"]
+    results = lm_eval_hook.evaluate(
+        str(saved), tasks=lm_eval_hook.parse_tasks(cfg.lm_eval_tasks), base=parts["source"] if cfg.is_lora else None,
+        include_path=cfg.lm_eval_include or None, limit=cfg.lm_eval_limit or None, batch_size=cfg.micro_batch,
+        device="cuda" if on_gpu else "cpu", dtype="bfloat16" if on_gpu else "float32")
+    parts["phase_seconds"]["lm_eval"] = time.time() - t0
+    return results
 
 
 def deepspeed_facts(trainer) -> dict | None:

@@ -496,7 +496,8 @@ class _Cell:
 
 def _cell_terms(spec: ModelSpec, method: str, rank: int, targets: tuple, seq_len: int, ckpt: bool,
                 precision: str, optimizer: str, grad_accum: int, lora_dropout: bool, eager: bool,
-                preset: GpuPreset, gpus: int, zero: int, offload: str) -> tuple[_Cell, str, float, tuple]:
+                preset: GpuPreset, gpus: int, zero: int, offload: str,
+                loss_chunk: int = 0) -> tuple[_Cell, str, float, tuple]:
     geo = _geometry(spec)
     full = method == "full"
     total, trainable = _counts(spec, method, rank, targets)
@@ -563,6 +564,15 @@ def _cell_terms(spec: ModelSpec, method: str, rank: int, targets: tuple, seq_len
     c0, c1, logits = _activation_coeffs(spec, method, targets if not full else (), rank if not full else 0,
                                         mode, ckpt, eager, lora_dropout)
     tokens = seq_len
+    if loss_chunk:
+        # finetune.losses' chunked loss: no (tokens x vocab) logits. It keeps the gradient of the head's
+        # input per token and, at a time, one chunk's fp32 logits (+ their 16/32-bit softmax); a trained
+        # head adds its fp32 gradient and a compute-dtype copy.
+        act_b = 4 if mode == "fp32" else 2
+        logits = act_b * geo.h
+        chunk = loss_chunk * geo.head_out * (4 + act_b)
+        head = geo.head_out * geo.h * (4 + 2) if full else 0.0
+        fwd = dict(fwd, buffers=fwd["buffers"] + chunk + head)
     cell = _Cell(fixed_fwd=fwd, per_sample_act=tokens * (c0 + c1 * seq_len),
                  per_sample_logits=tokens * logits, step=step,
                  slack=COEFFS["transients_gib"] * GIB if preset.device == "cuda" else 0.0)
@@ -630,10 +640,15 @@ def plan_cell(run: dict, *, gpu: str, gpus: int = 1, zero: int = 0, offload: str
     lora_dropout = float(_get(run, "lora_dropout")) > 0
     eager = run.get("attn_implementation") == "eager"
     ckpt = bool(_get(run, "grad_ckpt"))
+    # The entrypoint's chunked loss runs for a causal model's LM loss (sft, summarization); DPO and
+    # classification heads keep the stock loss.
+    chunked = bool(_get(run, "chunked_loss")) and spec.kind == "causal" and \
+        _get(run, "task") in ("sft", "summarization")
+    loss_chunk = _positive_int("loss_chunk_size", _get(run, "loss_chunk_size")) if chunked else 0
 
     cell, mode, host_off, notes = _cell_terms(
         spec, method, rank, targets, seq_len, ckpt, precision, optimizer, grad_accum, lora_dropout,
-        eager, preset, gpus, zero, offload)
+        eager, preset, gpus, zero, offload, loss_chunk)
     capacity = preset.capacity_gib * GIB
     peak = _peak_bytes(cell, micro_batch)
     phase, terms = _peak_terms(cell, micro_batch)
@@ -726,7 +741,9 @@ def _truthy(text: str) -> bool:
 def plan_measured(row: dict) -> Plan:
     """The plan for one row of measured_peaks.csv."""
     run = {"model": row["model"], "method": row["method"], "micro_batch": int(row["micro_batch"]),
-           "seq_len": int(row["seq_len"]), "grad_ckpt": _truthy(row.get("grad_ckpt", ""))}
+           "seq_len": int(row["seq_len"]), "grad_ckpt": _truthy(row.get("grad_ckpt", "")),
+           # rows without a loss column were measured with the stock HF loss (full fp32 logits)
+           "chunked_loss": (row.get("loss") or "stock").strip() == "chunked"}
     if row["method"] in LORA_METHODS:
         run["rank"] = int(row["rank"]) if row.get("rank") else None
         targets = (row.get("targets") or "preset").strip()
@@ -762,6 +779,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-node", type=int, default=None)
     p.add_argument("--zero", default="0", help="0 | 1 | 2 | 3 | auto")
     p.add_argument("--offload", default="none", help="none | optimizer | optimizer+params")
+    p.add_argument("--loss", choices=("chunked", "stock"), default="chunked",
+                   help="chunked: the entrypoint's default (no tokens x vocab logits); stock: HF's loss")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     return p
 
@@ -810,7 +829,7 @@ def main(argv=None) -> int:
         run = {"model": spec.name, "method": args.method, "rank": args.rank, "target_modules": targets,
                "micro_batch": args.micro_batch, "seq_len": args.seq_len, "grad_ckpt": args.grad_ckpt,
                "grad_accum": args.grad_accum, "precision": args.precision, "optimizer": args.optimizer,
-               "lora_dropout": args.lora_dropout}
+               "lora_dropout": args.lora_dropout, "chunked_loss": args.loss == "chunked"}
         if args.zero == "auto":
             plan = choose_zero(run, gpu=args.gpu, gpus=args.gpus, offload=args.offload,
                                gpus_per_node=args.gpus_per_node)

@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN_PY = ROOT / "finetune" / "train.py"
 MEASURED_FILE = planner.MEASURED_FILE
 COLUMNS = ("model", "method", "rank", "targets", "zero", "gpus", "micro_batch", "seq_len", "grad_ckpt", "gpu",
-           "peak_gib", "oom", "source")
+           "peak_gib", "oom", "source", "loss")
 AXES = ("micro_batch", "seq_len")
 EXIT_OOM = 3
 GIB = float(2**30)
@@ -148,7 +148,8 @@ class Setting:
                 "rank": (self.rank or 16) if self.method in LORA_METHODS else "",
                 "targets": self.targets if self.method in LORA_METHODS else "",
                 "zero": self.zero, "gpus": self.gpus, "micro_batch": self.micro_batch, "seq_len": self.seq_len,
-                "grad_ckpt": str(self.grad_ckpt).lower(), "gpu": self.gpu}
+                "grad_ckpt": str(self.grad_ckpt).lower(), "gpu": self.gpu,
+                "loss": "chunked" if self.chunked_loss else "stock"}
 
 
 @dataclass

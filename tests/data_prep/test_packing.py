@@ -154,3 +154,40 @@ def test_trainer_runs_on_packed_batches(tiny_tok, model, tmp_path, mode):
     assert result.global_step == 2 and trainer.state.num_input_tokens_seen > 0
     assert trainer.evaluate()["eval_loss"] > 0
     model.eval()
+
+
+def _causal_families():
+    from finetune.config import registry
+    smallest = {}
+    for spec in sorted(registry().values(), key=lambda s: s.hidden * s.total_layers):
+        if spec.kind == "causal":
+            smallest.setdefault(spec.family, spec)
+    return sorted(smallest.items())
+
+
+@pytest.mark.parametrize("family, spec", _causal_families(), ids=[f for f, _ in _causal_families()])
+def test_every_causal_family_keeps_packed_examples_apart(family, spec):
+    """packing=auto packs every causal model's sft: each registry family, shrunk, must give an example the
+    same logits alone and inside a packed row (position ids reset, no attention mask)."""
+    import dataclasses
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tiny = dataclasses.replace(spec, layers=2, hidden=64, heads=4, kv_heads=2 if spec.kv_heads else None, ffn=128,
+                               vocab=1024, max_seq_len=512,
+                               experts=min(spec.experts or 0, 4) or None)
+    kwargs = tiny.hf_config_kwargs()
+    if "rotary_dim" in kwargs:
+        kwargs["rotary_dim"] = 8  # within the tiny head size (16)
+    attn = "eager" if family == "gptj" else "sdpa"  # transformers has no sdpa for GPT-J
+    config = AutoConfig.for_model(tiny.model_type, **kwargs, attn_implementation=attn)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    a, b = torch.randint(0, 1000, (1, 7)), torch.randint(0, 1000, (1, 9))
+    with torch.no_grad():
+        alone = torch.cat([model(input_ids=x, use_cache=False).logits for x in (a, b)], dim=1)
+        packed = model(input_ids=torch.cat([a, b], 1), position_ids=torch.tensor([list(range(7)) + list(range(9))]),
+                       use_cache=False).logits
+        joined = model(input_ids=torch.cat([a, b], 1), use_cache=False).logits  # the control: b sees a
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(joined[:, 7:], alone[:, 7:], atol=1e-3)

@@ -77,7 +77,14 @@ def test_registry_entries_are_consistent():
 
 def test_task_fields_and_their_defaults():
     cfg = config.from_dict({"model": "llama-tiny", "task": "dpo", "dpo_beta": "0.25"})
-    assert (cfg.task, cfg.dpo_beta, cfg.packing, cfg.neftune_alpha) == ("dpo", 0.25, "none", 0.0)
+    assert (cfg.task, cfg.dpo_beta, cfg.packing, cfg.neftune_alpha) == ("dpo", 0.25, "auto", 0.0)
+    # auto packs exactly where packing is exact: a causal model's sft/summarization loss
+    assert cfg.effective_packing() == "none"
+    assert config.from_dict({"model": "llama-tiny"}).effective_packing() == "bfd"
+    assert config.from_dict({"model": "gpt2-tiny", "task": "summarization"}).effective_packing() == "bfd"
+    assert config.from_dict({"model": "bart-tiny", "task": "summarization"}).effective_packing() == "none"
+    assert config.from_dict({"model": "roberta-tiny", "task": "token-classification"}).effective_packing() == "none"
+    assert config.from_dict({"model": "llama-tiny", "packing": "none"}).effective_packing() == "none"
     assert config.from_dict({"packing": True}).packing == "bfd"  # packing: true = bin packing
     assert config.from_dict({"packing": "false"}).packing == "none"
     assert config.from_dict({"packing": "flatten", "task": "summarization"}).packing == "flatten"

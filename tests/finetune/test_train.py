@@ -105,3 +105,29 @@ def test_out_of_memory_is_status_oom_with_step_and_peak_and_exit_3(tmp_path):
     assert st["peak_memory_gib"] > 0.1 and st["peak_memory_kind"] == "cpu_max_rss"
     assert "can't allocate memory" in st["error"]
     assert not (tmp_path / "oom" / "metrics.json").exists()
+
+
+def test_packing_is_on_by_default_and_trains_exactly_like_unpacked(tmp_path):
+    """Full-batch steps (micro batch x accumulation covers the whole tier), so both layouts see the same
+    examples in every step: the per-step losses, the tokens counted and the final eval loss must agree.
+    Packed rows carry several examples each (position ids reset, no cross-example attention)."""
+    steps = dict(micro_batch=32, grad_accum=13, epochs=3, max_steps=-1, lora_dropout=0.0, num_samples=0,
+                 logging_steps=1, eval_rows=64, warmup=0.0)
+    packed, plain = tmp_path / "packed", tmp_path / "plain"
+    for cell, extra in ((packed, {}), (plain, {"packing": "none"})):
+        proc = train(make_cell(cell, **steps, **extra))
+        assert proc.returncode == 0, explain(proc)
+    p, u = metrics(packed), metrics(plain)
+    assert p["packing"] == "bfd" and u["packing"] == "none"  # the default packs
+    assert u["sampling"] == "group_by_length" and p["sampling"] == "random"
+    assert p["optimizer_impl"] == u["optimizer_impl"] == "adamw_torch_fused"
+    assert p["data"]["packed_rows"] < 0.6 * p["data"]["train_rows"] and p["data"]["train_rows"] == u["data"]["train_rows"]
+    assert p["steps"] == u["steps"] == 3
+    assert p["tokens"] == u["tokens"] > 0
+    losses = lambda m: [h["loss"] for h in m["history"] if "loss" in h]  # noqa: E731
+    assert len(losses(p)) == 3 and losses(p) == pytest.approx(losses(u), abs=1e-4)
+    assert losses(p)[-1] < losses(p)[0]
+    assert p["eval_loss"] == pytest.approx(u["eval_loss"], abs=1e-4)
+    assert p["initial_eval_loss"] == pytest.approx(u["initial_eval_loss"], abs=1e-6)
+    print(f"\npacked {p['data']['packed_rows']} rows vs {u['data']['train_rows']} examples; losses "
+          f"{losses(p)} vs {losses(u)}")

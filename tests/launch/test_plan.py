@@ -88,7 +88,7 @@ def test_measured_file_holds_the_h100_points():
                 ("pythia-6.9b", "full", "", "1", "2048")]:
         assert key in keys, key
     assert list(rows[0]) == ["model", "method", "rank", "targets", "zero", "gpus", "micro_batch", "seq_len",
-                             "grad_ckpt", "gpu", "peak_gib", "oom", "source"]
+                             "grad_ckpt", "gpu", "peak_gib", "oom", "source", "loss"]
 
 
 @pytest.mark.parametrize("row", planner.measured_points(),
@@ -283,13 +283,21 @@ def test_module_does_not_import_torch():
 # CLI
 
 
-def test_cli_json(capsys):
-    rc = planner.main(["--model", "pythia-1.4b", "--method", "lora", "--rank", "16", "--micro-batch", "8",
-                       "--seq-len", "2048", "--gpus", "1", "--zero", "0", "--gpu", "h100-80gb", "--json"])
-    assert rc == 0
-    data = json.loads(capsys.readouterr().out)
-    assert {"peak_gib", "fits", "max_micro_batch", "breakdown"} <= set(data)
-    assert data["fits"] and abs(data["peak_gib"] - 35.65) < 3.6
+def test_cli_json_and_what_the_chunked_loss_saves(capsys):
+    argv = ["--model", "pythia-1.4b", "--method", "lora", "--rank", "16", "--micro-batch", "8",
+            "--seq-len", "2048", "--gpus", "1", "--zero", "0", "--gpu", "h100-80gb", "--json"]
+    assert planner.main(argv + ["--loss", "stock"]) == 0
+    stock = json.loads(capsys.readouterr().out)
+    assert {"peak_gib", "fits", "max_micro_batch", "breakdown"} <= set(stock)
+    assert stock["fits"] and abs(stock["peak_gib"] - 35.65) < 3.6  # FACTS: HF Trainer + PEFT, stock loss
+    assert planner.main(argv) == 0  # the entrypoint's default: chunked loss
+    chunked = json.loads(capsys.readouterr().out)
+    # The stock loss keeps 8 x 2048 x 50304 fp32 logits with their gradient (~12 B each: 9.2 GiB);
+    # the chunked one a 1024-row chunk and a hidden-sized gradient per token.
+    saved = stock["breakdown"]["logits"] + stock["breakdown"]["buffers"] - chunked["breakdown"]["logits"] - \
+        chunked["breakdown"]["buffers"]
+    assert 8.5 < saved < 9.3 and stock["peak_gib"] - chunked["peak_gib"] == pytest.approx(saved, abs=0.01)
+    assert chunked["max_micro_batch"] > stock["max_micro_batch"]  # the memory saved buys a bigger batch
 
 
 def test_cli_auto_and_table(capsys):
