@@ -1,7 +1,9 @@
 """The grid submitted with submitit as job arrays on the real local SLURM: throttling, resume, a failing
 cell marked with its log tail and re-run alone, `--status`."""
 import json
+import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -96,3 +98,35 @@ def test_a_failing_cell_is_marked_with_its_log_tail_and_rerun_alone(slurm_cluste
     new_job = status(bad)["job_id"]
     assert new_job.split("_")[0] != first_jobs[bad.name].split("_")[0]
     assert len(sacct_rows(new_job.split("_")[0], ["JobID"])) == 1
+
+
+def test_scontrol_requeue_of_a_submitit_array_task_resumes_the_cell(slurm_cluster, tmp_path):
+    """The grid's own path: a submitit array task requeued mid-training (what preemption does: SIGTERM to
+    the job, torchrun passes it to the rank, which checkpoints) starts again and resumes the cell."""
+    out = tmp_path / "sweep"
+    args = ["--name", "requeue", "--out", out, "--ranks", "4", *TINY_GRID, "--max-steps", "40",
+            "--set", "save_every=5", "--set", "num_samples=0"]
+    proc = grid(*args)
+    assert proc.returncode == 0, explain(proc)
+    (cell,) = cell_dirs(out)
+    job_id = status(cell)["job_id"]
+    deadline = time.time() + 300
+    while not (cell / "checkpoints" / "checkpoint-10" / "trainer_state.json").exists():
+        assert time.time() < deadline, f"no checkpoint-10: {sacct_rows(job_id, ['State'])}"
+        time.sleep(0.2)
+    requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    assert requeue.returncode == 0, requeue.stderr
+    assert wait_job(job_id, timeout=600) == "COMPLETED"
+    final = status(cell)
+    states = [h["state"] for h in final["history"]]
+    assert final["state"] == "done" and states.count("running") == 2, states
+    assert final["resume_from"] and "checkpoint-" in final["resume_from"], final
+    resumed_at = int(final["resume_from"].rsplit("-", 1)[1])
+    assert resumed_at >= 10
+    metrics = json.loads((cell / "metrics.json").read_text())
+    assert metrics["steps"] == 40
+    log = (cell / "logs" / "train.log").read_text(errors="replace")
+    assert f"resuming from {final['resume_from']}" in log
+    records = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "--duplicates", "-o", "State"],
+                             capture_output=True, text=True).stdout.split()
+    assert "REQUEUED" in records and records[-1] == "COMPLETED", records
