@@ -21,8 +21,17 @@ def test_study_smoke_pretrains_finetunes_reports_and_fits(tmp_path):
     assert all(float(r["untrained_eval_loss"]) < 6.9 for r in rows)
     assert len({r["params"] for r in rows}) == 2 and len({r["rank"] for r in rows}) == 2
     fit = json.loads((out / "fit_chinchilla" / "fit.json").read_text())
-    assert {"E", "A", "B", "alpha", "beta"} <= set(fit) and fit["allocation"]["N_opt"] > 0
+    assert {"E", "A", "B", "alpha", "beta"} <= set(fit) and fit["n_rows"] == 8
+    # Eight noisy smoke rows may or may not give both exponents > 0: the allocation (and its isoFLOP
+    # plot) exists exactly when they do, else the fit says why.
+    pngs = ["fit_chinchilla/fit_observed_vs_predicted.png", "fit_chinchilla/fit_loss_vs_rank.png"]
+    if fit["alpha"] > 0 and fit["beta"] > 0:
+        assert fit["allocation"]["N_opt"] > 0
+        pngs.append("fit_chinchilla/fit_isoflop.png")
+    else:
+        assert fit["allocation"] is None and "no interior optimum" in fit["allocation_note"]
+        assert not (out / "fit_chinchilla" / "fit_isoflop.png").exists()
     zhang = json.loads((out / "fit_zhang_rank" / "fit.json").read_text())
     assert zhang["law"] == "zhang"
-    for png in ("fit_chinchilla/fit_isoflop.png", "fit_chinchilla/fit_observed_vs_predicted.png"):
+    for png in pngs:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
