@@ -12,7 +12,7 @@
    each cell starting from its base's weights. One `launch/grid.py` sweep per base.
 3. Report and fit: `python -m launch.report` on each sweep, the rows joined into one table,
    `python -m launch.fit` with N = base-model parameters, D = fine-tuning tokens, and the
-   Zhang et al. law over the adapter rank.
+   Zhang et al. law over the adapter rank and over the base size.
 Everything lands in --out (default examples/compute_optimal_lora/results): the tables, the
 fits (fit.json) and the plots; WRITEUP.md next to this script discusses them.
 """
@@ -128,8 +128,9 @@ def main(argv=None) -> int:
                 "--bootstrap", str(plan["bootstrap"])]
     sh(sys.executable, "-m", "launch.fit", joined, *fit_args, "--flops", "lora", "--budget", "1e13",
        "--out", out / "fit_chinchilla")
-    sh(sys.executable, "-m", "launch.fit", joined, *fit_args, "--law", "zhang", "--x-col", "rank",
-       "--out", out / "fit_zhang_rank")
+    for x_col in ("rank", "params"):  # Zhang et al.'s multiplicative law over the adapter rank, then base size
+        sh(sys.executable, "-m", "launch.fit", joined, *fit_args, "--law", "zhang", "--x-col", x_col,
+           "--out", out / f"fit_zhang_{'rank' if x_col == 'rank' else 'size'}")
     print(f"study done in {time.time() - t0:.0f}s: {joined}")
     return 0
 

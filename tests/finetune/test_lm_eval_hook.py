@@ -57,7 +57,7 @@ def cell(tmp_path_factory, task_dir):
     """A run that asks the entrypoint for two local lm_eval tasks after training."""
     cell = tmp_path_factory.mktemp("lm_eval_cell") / "cell"
     proc = train(make_cell(cell, max_steps=10, num_samples=0, lm_eval_tasks="hook_mc,hook_ll",
-                           lm_eval_include=str(task_dir)))
+                           lm_eval_include=str(task_dir)), timeout=900)  # lm_eval indexes ~15k task files
     assert proc.returncode == 0, explain(proc)
     assert (cell / "adapter" / "adapter_config.json").is_file() and (cell / "base" / "config.json").is_file()
     return cell
@@ -108,7 +108,7 @@ def adapter_results(cell, task_dir):
                                      include_path=str(task_dir), batch_size=4)
 
 
-def hook_cli(*args, timeout: float = 300):
+def hook_cli(*args, timeout: float = 600):
     return run([sys.executable, "-m", "finetune.lm_eval_hook", *args], timeout=timeout)
 
 
