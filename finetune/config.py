@@ -8,11 +8,13 @@ listed; bad values fail with one line naming the value. Both raise `ConfigError`
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import functools
 import os
 import re
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "adafactor")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 PACKINGS = ("auto", "none", "bfd", "flatten")
-PACKABLE_TASKS = ("sft", "summarization")  # causal models only: one loss over the tokens of every example
+LM_LOSS_TASKS = ("sft", "summarization")  # tasks trained on a per-token language-model loss
 WANDB_MODES = ("disabled", "offline", "online")
 
 
@@ -41,10 +43,24 @@ class ConfigError(ValueError):
     """A bad run config or sweep spec: the message is one line meant for the user."""
 
 
+class CliParser(argparse.ArgumentParser):
+    """argparse for the kit's commands: a usage error is one `error:` line and exit 2 (no usage dump)."""
+
+    def error(self, message):
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(2)
+
+
 def did_you_mean(value: str, choices) -> str:
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"{hint}; valid: {', '.join(str(c) for c in choices)}"
+
+
+def causal_lm_loss(task: str, spec: "ModelSpec") -> bool:
+    """A causal model trained on its per-token LM loss: where packing is exact and the entrypoint's
+    chunked loss replaces the stock one."""
+    return task in LM_LOSS_TASKS and spec.kind == "causal"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +238,7 @@ class RunConfig:
         """auto: bin packing wherever it is exact (a causal model's sft/summarization loss), else none."""
         if self.packing != "auto":
             return self.packing
-        return "bfd" if self.task in PACKABLE_TASKS and model_spec(self.model).kind == "causal" else "none"
+        return "bfd" if causal_lm_loss(self.task, model_spec(self.model)) else "none"
 
     # -- validation ----------------------------------------------------------------------------
     def validate(self) -> "RunConfig":
@@ -268,7 +284,7 @@ class RunConfig:
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         _choice("packing", self.packing, PACKINGS)
-        if self.packing not in ("auto", "none") and (self.task not in PACKABLE_TASKS or spec.kind != "causal"):
+        if self.packing not in ("auto", "none") and not causal_lm_loss(self.task, spec):
             raise ConfigError(f"packing applies to causal sft and summarization, not {self.task!r} "
                               f"with {self.model} ({spec.kind})")
         if not 0 <= self.neftune_alpha <= 100:

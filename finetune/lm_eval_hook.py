@@ -11,13 +11,14 @@ Bad input: `LmEvalError` (a ValueError); the CLI prints it as one `error:` line 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
 import re
 import sys
 from pathlib import Path
+
+from finetune.config import CliParser
 
 LM_EVAL_PIN = "lm_eval==0.4.13"
 
@@ -46,7 +47,7 @@ def model_args(model_dir: str, base: str | None, dtype: str, device: str) -> dic
     path = Path(model_dir).resolve()
     if base is None:
         return dict(pretrained=str(path), tokenizer=str(path), dtype=dtype, device=device)
-    base_path = base if is_hub_id(base) and not Path(base).is_dir() else str(Path(base).resolve())
+    base_path = base if is_hub_id(base) else str(Path(base).resolve())
     tokenizer = path if (path / "tokenizer_config.json").is_file() else base_path
     return dict(pretrained=base_path, peft=str(path), tokenizer=str(tokenizer), dtype=dtype, device=device)
 
@@ -138,14 +139,8 @@ def table(results: dict) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows])
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 (argparse would print the usage too)
-        sys.stderr.write(f"error: {message}\n")
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m finetune.lm_eval_hook", description=__doc__.splitlines()[0])
+    p = CliParser(prog="python -m finetune.lm_eval_hook", description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", required=True, help="saved model/ (full) or adapter/ (LoRA) folder")
     p.add_argument("--base", help="the base an adapter was trained on (local folder)")
     p.add_argument("--tasks", required=True, help="comma list of lm_eval task names")

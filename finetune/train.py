@@ -369,7 +369,7 @@ def finish(cfg: RunConfig, parts: dict, trainer, out: dict, started: float) -> d
     peak, peak_kind = peak_memory()
     eval_loss = final["eval_loss"]
     ds_facts = deepspeed_facts(trainer)
-    lm_loss = cfg.task in ("sft", "summarization")  # a per-token LM loss: perplexity means something
+    lm_loss = cfg.task in run_config.LM_LOSS_TASKS  # a per-token LM loss: perplexity means something
     metrics = {
         "name": cfg.name, "model": cfg.model, "method": cfg.method, "task": cfg.task, "rank": cfg.rank,
         "alpha": cfg.alpha, "lr": cfg.lr, "seed": cfg.seed, "dataset": cfg.dataset,

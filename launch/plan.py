@@ -48,9 +48,11 @@ from finetune.config import (
     OPTIMIZERS,
     PRECISIONS,
     REGISTRY_FILE,
+    CliParser,
     ConfigError,
     ModelSpec,
     RunConfig,
+    causal_lm_loss,
     did_you_mean,
     model_spec,
 )
@@ -642,8 +644,7 @@ def plan_cell(run: dict, *, gpu: str, gpus: int = 1, zero: int = 0, offload: str
     ckpt = bool(_get(run, "grad_ckpt"))
     # The entrypoint's chunked loss runs for a causal model's LM loss (sft, summarization); DPO and
     # classification heads keep the stock loss.
-    chunked = bool(_get(run, "chunked_loss")) and spec.kind == "causal" and \
-        _get(run, "task") in ("sft", "summarization")
+    chunked = bool(_get(run, "chunked_loss")) and causal_lm_loss(_get(run, "task"), spec)
     loss_chunk = _positive_int("loss_chunk_size", _get(run, "loss_chunk_size")) if chunked else 0
 
     cell, mode, host_off, notes = _cell_terms(
@@ -755,14 +756,8 @@ def plan_measured(row: dict) -> Plan:
 # CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        sys.stderr.write(f"error: {message}\n")
-        raise SystemExit(2)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m launch.plan", description="Predict per-GPU peak memory of a fine-tuning cell.")
+    p = CliParser(prog="python -m launch.plan", description="Predict per-GPU peak memory of a fine-tuning cell.")
     p.add_argument("--model", required=True)
     p.add_argument("--method", default="lora")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 16)")

@@ -58,7 +58,7 @@ from pathlib import Path
 import yaml
 
 from finetune import rundir
-from finetune.config import LORA_METHODS, METHODS, ConfigError, did_you_mean, model_spec
+from finetune.config import LORA_METHODS, METHODS, CliParser, ConfigError, did_you_mean, model_spec
 from launch import plan as planner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -684,12 +684,6 @@ class Probe:
 # CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        sys.stderr.write(f"error: {message}\n")
-        raise SystemExit(2)
-
-
 def _range(text: str, name: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text or "")
     if not m or int(m.group(1)) < 1 or int(m.group(1)) > int(m.group(2)):
@@ -698,7 +692,7 @@ def _range(text: str, name: str) -> tuple[int, int]:
 
 
 def parse_args(argv):
-    p = _Parser(prog="python -m launch.probe", description=__doc__.split("\n")[0], epilog=__doc__,
+    p = CliParser(prog="python -m launch.probe", description=__doc__.split("\n")[0], epilog=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="registry name(s), comma separated: one map row each")
     p.add_argument("--method", default="lora", help="full | lora | qlora | lora-8bit (comma list allowed)")

@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 from finetune import rundir
-from finetune.config import LORA_METHODS, ConfigError, model_spec
+from finetune.config import LORA_METHODS, CliParser, ConfigError, model_spec
 
 COLUMNS = ("cell", "model", "params", "method", "rank", "alpha", "targets", "dataset", "train_rows", "seed",
            "micro_batch", "grad_accum", "world_size", "batch", "epochs", "optimizer", "lr", "min_lr", "warmup",
@@ -468,14 +468,8 @@ def watch(sweep_dir: Path, args, every: float, sleep=time.sleep, echo=print):
         sleep(every)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        sys.stderr.write(f"error: {message}\n")
-        raise SystemExit(2)
-
-
 def parse_args(argv):
-    p = _Parser(prog="python -m launch.report", description=__doc__.split("\n")[0], epilog=__doc__,
+    p = CliParser(prog="python -m launch.report", description=__doc__.split("\n")[0], epilog=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep_dir")
     p.add_argument("--sort", default="", help="column(s), comma separated (e.g. eval_loss or model,rank); "

@@ -51,9 +51,13 @@ def train(cell_yaml: Path, *extra, timeout: float = 300, **env) -> subprocess.Co
     return run([sys.executable, TRAIN_PY, "--cell", cell_yaml, *extra], timeout=timeout, **env)
 
 
+def torchrun_command(cell_yaml: Path, nproc: int = 2, *launcher_args) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            *launcher_args, str(TRAIN_PY), "--cell", str(cell_yaml)]
+
+
 def torchrun(cell_yaml: Path, nproc: int = 2, timeout: float = 400) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                TRAIN_PY, "--cell", cell_yaml], timeout=timeout)
+    return run(torchrun_command(cell_yaml, nproc), timeout=timeout)
 
 
 def metrics(cell_dir: Path) -> dict:

@@ -109,7 +109,7 @@ def slurm_cluster() -> SlurmCluster:
     return cluster
 
 
-def sacct_rows(job_id, fields, steps: bool = False) -> list[dict[str, str]]:
+def sacct_rows(job_id, fields, steps: bool = False, duplicates: bool = False) -> list[dict[str, str]]:
     """sacct rows of a job as dicts keyed by the requested field names.
 
     ``fields``: list or comma string, e.g. ["JobID", "State", "ExitCode"].
@@ -120,10 +120,25 @@ def sacct_rows(job_id, fields, steps: bool = False) -> list[dict[str, str]]:
     cmd = ["sacct", "-j", str(job_id), "-n", "-P", "-o", ",".join(fields)]
     if not steps:
         cmd.append("-X")
+    if duplicates:  # every run of a requeued job, not only the last
+        cmd.append("--duplicates")
     proc = _run(cmd)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
     return [dict(zip(fields, line.split("|"))) for line in proc.stdout.splitlines() if line]
+
+
+def wait_for_file(path: Path, job_id, timeout: float = 300) -> None:
+    """Until a job's run writes `path` (e.g. a checkpoint: training is under way)."""
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists():
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s: {sacct_rows(job_id, ['State'])}"
+        time.sleep(0.2)
+
+
+def run_states(job_id) -> list[str]:
+    """Every run of a job, oldest first: a requeued job's first run stays in sacct as REQUEUED."""
+    return [r["State"].split()[0] for r in sacct_rows(job_id, ["State"], duplicates=True)]
 
 
 def wait_job(job_id, timeout: float = 120, poll: float = 0.5) -> str:

@@ -160,10 +160,10 @@ ZERO_RESUME = dict(max_steps=16, save_every=4, num_samples=0, logging_steps=4)
 
 def torchrun_popen(cell_yaml: Path) -> subprocess.Popen:
     """Two CPU ranks under torchrun, which forwards USR1 to them as the rendered job.sbatch has it do."""
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", "--shutdown-timeout",
-                             "120", str(cells.TRAIN_PY), "--cell", str(cell_yaml)], cwd=cells.ROOT,
-                            env=cells.clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = cells.torchrun_command(cell_yaml, 2, "--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+                                 "--shutdown-timeout", "120")
+    return subprocess.Popen(cmd, cwd=cells.ROOT, env=cells.clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.parametrize("zero", [2, 3])

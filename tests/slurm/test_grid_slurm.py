@@ -3,14 +3,13 @@ cell marked with its log tail and re-run alone, `--status`."""
 import json
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from cells import ROOT, explain, run
-from slurm_fixture import sacct_rows, wait_job
+from slurm_fixture import run_states, sacct_rows, wait_for_file, wait_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -110,10 +109,7 @@ def test_scontrol_requeue_of_a_submitit_array_task_resumes_the_cell(slurm_cluste
     assert proc.returncode == 0, explain(proc)
     (cell,) = cell_dirs(out)
     job_id = status(cell)["job_id"]
-    deadline = time.time() + 300
-    while not (cell / "checkpoints" / "checkpoint-10" / "trainer_state.json").exists():
-        assert time.time() < deadline, f"no checkpoint-10: {sacct_rows(job_id, ['State'])}"
-        time.sleep(0.2)
+    wait_for_file(cell / "checkpoints" / "checkpoint-10" / "trainer_state.json", job_id)
     requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     assert requeue.returncode == 0, requeue.stderr
     assert wait_job(job_id, timeout=600) == "COMPLETED"
@@ -127,6 +123,5 @@ def test_scontrol_requeue_of_a_submitit_array_task_resumes_the_cell(slurm_cluste
     assert metrics["steps"] == 40
     log = (cell / "logs" / "train.log").read_text(errors="replace")
     assert f"resuming from {final['resume_from']}" in log
-    records = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "--duplicates", "-o", "State"],
-                             capture_output=True, text=True).stdout.split()
+    records = run_states(job_id)
     assert "REQUEUED" in records and records[-1] == "COMPLETED", records

@@ -3,12 +3,11 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
 from cells import ROOT, explain, metrics, run, train
-from slurm_fixture import sacct_rows, wait_job
+from slurm_fixture import run_states, sacct_rows, wait_for_file, wait_job
 
 pytestmark = pytest.mark.slurm
 
@@ -81,11 +80,7 @@ def test_scancel_usr1_checkpoints_requeues_and_resumes_to_the_uninterrupted_loss
     proc = subprocess.run(["sbatch", "--parsable", cell / "job.sbatch"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.strip().split(";")[0]
-    first_ckpt = cell / "checkpoints" / "checkpoint-5" / "trainer_state.json"
-    deadline = time.time() + 300
-    while not first_ckpt.exists():  # training is under way
-        assert time.time() < deadline, f"no checkpoint-5 after 300 s: {sacct_rows(job_id, ['State'])}"
-        time.sleep(0.2)
+    wait_for_file(cell / "checkpoints" / "checkpoint-5" / "trainer_state.json", job_id)  # training is under way
     signal = subprocess.run(["scancel", "--signal=USR1", job_id], capture_output=True, text=True)
     assert signal.returncode == 0, signal.stderr
 
@@ -98,8 +93,7 @@ def test_scancel_usr1_checkpoints_requeues_and_resumes_to_the_uninterrupted_loss
     assert "preempted" in states and states[-1] == "done", states
     assert status["resume_from"].startswith(str(cell / "checkpoints" / "checkpoint-")), status
     # sacct keeps the first run's record as REQUEUED next to the final COMPLETED one.
-    records = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "--duplicates", "-o", "State"],
-                             capture_output=True, text=True).stdout.split()
+    records = run_states(job_id)
     assert "REQUEUED" in records and records[-1] == "COMPLETED", records
 
     m, want = metrics(cell), metrics(straight)
