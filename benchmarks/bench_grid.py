@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from launch import grid, render, submit  # noqa: E402
-from launch.spec import Resources, SweepSpec, expand  # noqa: E402
+from ftgrid.launch import grid, render, submit  # noqa: E402
+from ftgrid.launch.spec import Resources, SweepSpec, expand  # noqa: E402
 
 # 5 models x (3 LoRA methods x 7 ranks + full) x 5 lrs x 4 datasets x 5 seeds = 11,000 cells.
 SPEC = dict(models=["pythia-410m", "pythia-1.4b", "mistral-7b", "llama-2-13b", "mixtral-8x7b"],

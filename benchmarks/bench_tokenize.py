@@ -41,10 +41,10 @@ def main(argv=None) -> int:
     import datasets
     from transformers import AutoTokenizer
 
-    from data_prep import formats, sources, templates
-    from data_prep.catalog import parse
-    from data_prep.prepare import Options, _encoder, prepare, select_rows
-    from data_prep.tokenization import bio_names
+    from ftgrid.data_prep import formats, sources, templates
+    from ftgrid.data_prep.catalog import parse
+    from ftgrid.data_prep.prepare import Options, _encoder, prepare, select_rows
+    from ftgrid.data_prep.tokenization import bio_names
 
     datasets.disable_progress_bars()
     tok = AutoTokenizer.from_pretrained(args.tokenizer)

@@ -64,11 +64,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from finetune import losses  # noqa: E402
-from finetune.config import model_spec  # noqa: E402
+from ftgrid.finetune import losses  # noqa: E402
+from ftgrid.registry import model_spec  # noqa: E402
 
 try:  # the data engineer's packing (best-fit + PackedCollator); else transformers' flattening collator
-    from data_prep import packing
+    from ftgrid.data_prep import packing
 except ImportError:  # pragma: no cover - only before data_prep.packing exists
     packing = None
 

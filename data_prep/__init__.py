@@ -1,7 +1,7 @@
 """Datasets for the grid: catalogue and size tiers, format adapters, chat templates, tokenization with
 response-only loss, packing without contamination, and an on-disk cache shared by the ranks of a run.
 
-    from data_prep import prepare
+    from ftgrid.data_prep import prepare
     prep = prepare("wordnet:small", task="sft", tokenizer=tok, seq_len=256)
     prep.train, prep.eval, prep.collator, prep.stats
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 
 def prepare(*args, **kwargs):
-    from data_prep.prepare import prepare as _prepare
+    from ftgrid.data_prep.prepare import prepare as _prepare
 
     return _prepare(*args, **kwargs)
 

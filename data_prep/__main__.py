@@ -17,10 +17,11 @@ import dataclasses
 import json
 import math
 import sys
+from ftgrid.cli import CliParser
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__.split("\n")[0],
+    p = CliParser(prog="python -m data_prep", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--dataset", help="NAME[:TIER] from the catalogue, a local file/folder[:TIER], hf:OWNER/NAME")
     p.add_argument("--model", default="pythia-tiny", help="registry entry: its tokenizer and kind (default "
@@ -46,15 +47,15 @@ def parse_args(argv):
 
 def load_tokenizer(model: str, path: str | None):
     """The model's tokenizer exactly as finetune/train.py loads it (so the cache key matches)."""
-    from finetune import models
-    from finetune.config import model_spec
+    from ftgrid.registry import load_tokenizer as load_model_tokenizer
+    from ftgrid.registry import model_spec
 
     spec = model_spec(model)
     if path:
         spec = dataclasses.replace(spec, hub_id=path)
     source = spec.hub_id or "the project's tiny tokenizer"
     try:
-        return spec, models.load_tokenizer(spec, None)
+        return spec, load_model_tokenizer(spec)
     except Exception as e:  # noqa: BLE001 - hub errors come in many types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise SystemExit(f"error: could not load the tokenizer of {model} ({source}); offline there is no model "
@@ -78,7 +79,7 @@ def histogram(lengths: list[int], seq_len: int) -> list[str]:
 
 
 def print_catalog() -> None:
-    from data_prep.catalog import CATALOG
+    from ftgrid.data_prep.catalog import CATALOG
 
     print(f"{'name':20s} {'task':21s} {'format':14s} {'tiers':34s} source")
     for e in CATALOG.values():
@@ -97,9 +98,9 @@ def main(argv=None) -> int:
         return 2
     import datasets
 
-    from data_prep.catalog import DataError, parse
-    from data_prep.prepare import prepare
-    from finetune.config import ConfigError
+    from ftgrid.data_prep.catalog import DataError, parse
+    from ftgrid.data_prep.prepare import prepare
+    from ftgrid.errors import ConfigError
 
     datasets.disable_progress_bars()
     try:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from data_prep.catalog import DataError
+from ftgrid.data_prep.catalog import DataError
 
 DEFAULT_DIR = Path.home() / ".cache" / "ftgrid" / "data"
 POLL_SECONDS = 0.5

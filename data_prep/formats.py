@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
-from data_prep.catalog import DataError
+from ftgrid.data_prep.catalog import DataError
 
 TASKS = ("sft", "dpo", "token-classification", "summarization")
 SUMMARIZE_PROMPT = "Summarize the following text.\n\n{document}"

@@ -21,7 +21,7 @@ import bisect
 
 import torch
 
-from data_prep.tokenization import IGNORE_INDEX
+from ftgrid.data_prep.tokenization import IGNORE_INDEX
 
 PACKING_MODES = ("bfd", "flatten")
 

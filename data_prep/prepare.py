@@ -1,6 +1,6 @@
 """`prepare()`: a dataset name or file -> tokenized, split, cached data for one task.
 
-    from data_prep import prepare
+    from ftgrid.data_prep import prepare
     prep = prepare("dolly-sample:medium", task="sft", tokenizer=tok, seq_len=512)
     trainer = Trainer(..., train_dataset=prep.train, eval_dataset=prep.eval, data_collator=prep.collator)
 
@@ -28,8 +28,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from data_prep import cache, formats, packing as packing_mod, sources, templates, tokenization
-from data_prep.catalog import DataError, DatasetRequest, parse
+from ftgrid.data_prep import cache, formats, packing as packing_mod, sources, templates, tokenization
+from ftgrid.data_prep.catalog import DataError, DatasetRequest, parse
 
 VERSION = 1          # bump when the output of a given input changes: old cache entries are then ignored
 DATA_SEED = 1234     # the shuffle that cuts tiers and the eval hold-out: fixed, not the run's seed

@@ -3,9 +3,9 @@ causal-LM SFT. New code calls `data_prep.prepare(...)`, which this delegates to 
 cache)."""
 from __future__ import annotations
 
-from data_prep.catalog import DatasetRequest
-from data_prep.prepare import DATA_SEED, DataStats, prepare  # noqa: F401 - re-exported
-from data_prep.tokenization import IGNORE_INDEX  # noqa: F401
+from ftgrid.data_prep.catalog import DatasetRequest
+from ftgrid.data_prep.prepare import DATA_SEED, DataStats, prepare  # noqa: F401 - re-exported
+from ftgrid.data_prep.tokenization import IGNORE_INDEX  # noqa: F401
 
 
 def build(request: DatasetRequest, tokenizer, seq_len: int, eval_rows: int = 0):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import datasets
 
-from data_prep.catalog import LOCAL_SUFFIXES, DataError, DatasetEntry
+from ftgrid.data_prep.catalog import LOCAL_SUFFIXES, DataError, DatasetEntry
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
 

@@ -11,7 +11,7 @@ template that rewrites earlier turns (some strip old reasoning, for instance) fa
 """
 from __future__ import annotations
 
-from data_prep.catalog import DataError
+from ftgrid.data_prep.catalog import DataError
 
 # Each assistant turn ends with eos so the model learns to stop (pad != eos, see FACTS.md).
 NAMED = {

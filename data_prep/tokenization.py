@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 
-from data_prep import templates
-from data_prep.formats import SUMMARIZE_PROMPT
+from ftgrid.data_prep import templates
+from ftgrid.data_prep.formats import SUMMARIZE_PROMPT
 
 IGNORE_INDEX = -100
 TRUNCATION = ("right", "left", "drop")

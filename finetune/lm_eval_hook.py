@@ -18,23 +18,15 @@ import re
 import sys
 from pathlib import Path
 
-from finetune.config import CliParser
+from ftgrid.cli import CliParser
+from ftgrid.errors import ConfigError
+from ftgrid.schema import parse_lm_eval_tasks as parse_tasks
 
 LM_EVAL_PIN = "lm_eval==0.4.13"
 
 
-class LmEvalError(ValueError):
+class LmEvalError(ConfigError):
     """Bad input to the hook (or lm_eval missing): one line, meant for the user."""
-
-
-def parse_tasks(text: str) -> list[str]:
-    """'a, b' -> ['a', 'b']; '' -> []. An empty name ('a,,b', 'a,') is a typo, not a wildcard."""
-    if not text.strip():
-        return []
-    names = [t.strip() for t in text.split(",")]
-    if any(not n for n in names):
-        raise LmEvalError(f"empty task name in {text!r}")
-    return names
 
 
 def model_args(model_dir: str, base: str | None, dtype: str, device: str) -> dict:
@@ -156,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             results = evaluate(a.model_dir, tasks=parse_tasks(a.tasks), base=a.base, include_path=a.include_path,
                                limit=a.limit, batch_size=a.batch_size, device=a.device, dtype=a.dtype)
-    except LmEvalError as e:
+    except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(results))

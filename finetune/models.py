@@ -20,10 +20,10 @@ import torch
 import transformers
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-from finetune.config import TINY_TOKENIZER_DIR, ModelSpec, RunConfig
+from ftgrid.registry import ModelSpec, load_tokenizer  # noqa: F401 - models.load_tokenizer is the entrypoint's
+from ftgrid.schema import RunConfig
 
 PEFT_TASK = {"causal": "CAUSAL_LM", "token-classification": "TOKEN_CLS", "seq2seq": "SEQ_2_SEQ_LM"}
-PAD_TOKEN = "<|pad|>"
 BASE_DIR = "base"
 # Heads that must stay in full precision and train with the adapter (new, randomly initialised).
 CLASSIFIER_HEADS = ["classifier", "score"]
@@ -31,16 +31,6 @@ CLASSIFIER_HEADS = ["classifier", "score"]
 
 def use_pretrained(spec: ModelSpec, cfg: RunConfig) -> bool:
     return cfg.init == "pretrained" or (cfg.init == "auto" and not spec.is_tiny)
-
-
-def load_tokenizer(spec: ModelSpec, cfg: RunConfig):
-    source = spec.hub_id if not spec.is_tiny else str(TINY_TOKENIZER_DIR)
-    tok = transformers.AutoTokenizer.from_pretrained(source)
-    # pad == eos makes the model never learn to stop (eos masked as padding): give pad its own id.
-    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
-        tok.add_special_tokens({"pad_token": PAD_TOKEN})
-    tok.padding_side = "right"
-    return tok
 
 
 def compute_dtype(cfg: RunConfig) -> torch.dtype:
@@ -138,7 +128,7 @@ def random_base(spec: ModelSpec, cfg: RunConfig, tokenizer, path: Path, label_na
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    from finetune.rundir import atomic_write_json
+    from ftgrid.rundir import atomic_write_json
     atomic_write_json(marker, stamp)  # last: its presence says the folder is complete
     return path
 

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from finetune import models
-from finetune.config import ModelSpec, RunConfig
+from ftgrid.finetune import models
+from ftgrid.registry import ModelSpec
+from ftgrid.schema import RunConfig
 
 IGNORE_INDEX = -100
 
@@ -130,7 +131,7 @@ def load_data(cfg: RunConfig, spec: ModelSpec, tokenizer) -> Data:
     """Tokenized train/eval sets for the task, through data_prep's `prepare` (tokenized once, cached)."""
     # Every rank calls prepare: local rank 0 builds the cache entry, the others wait for it on disk
     # (no collective, so no NCCL timeout while rank 0 tokenizes).
-    from data_prep.prepare import prepare  # (the package's `prepare` name is shadowed by the module)
+    from ftgrid.data_prep.prepare import prepare  # (the package's `prepare` name is shadowed by the module)
 
     packing = cfg.effective_packing()
     prep = prepare(cfg.dataset, task=cfg.task, tokenizer=tokenizer, seq_len=cfg.seq_len,

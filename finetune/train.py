@@ -41,9 +41,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from finetune import config as run_config  # noqa: E402
-from finetune import rundir  # noqa: E402
-from finetune.config import ConfigError, RunConfig  # noqa: E402
+from ftgrid.cli import CliParser  # noqa: E402
+from ftgrid import schema as run_config  # noqa: E402
+from ftgrid import rundir  # noqa: E402
+from ftgrid.errors import ConfigError  # noqa: E402
+from ftgrid.schema import RunConfig  # noqa: E402
 
 EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_OOM, EXIT_PREEMPTED = 1, 2, 3, 4
 # Set by SIGUSR1/SIGTERM (the handler only flags); acted on at the next step end by PreemptCallback.
@@ -57,7 +59,7 @@ PROGRESS = {"phase": "setup", "step": 0}
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = CliParser(aliases=run_config.FIELD_ALIASES, hints=run_config.FIELD_HINTS, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--cell", help="cell.yaml written by launch/grid.py")
     p.add_argument("--out", help="run directory for a one-off run (default: the cell.yaml's folder)")
@@ -91,7 +93,7 @@ def load_config(args) -> RunConfig:
 
 
 def check_dataset(cfg: RunConfig) -> None:
-    from data_prep import catalog
+    from ftgrid.data_prep import catalog
     request = catalog.parse(cfg.dataset)
     task = getattr(request.entry, "task", None)
     if request.entry.name in catalog.CATALOG and task and task != cfg.task:
@@ -123,7 +125,7 @@ def ensure_distributed_env(cfg: RunConfig) -> None:
 def setup(cfg: RunConfig):
     import torch
     import transformers
-    from finetune import models, tasks
+    from ftgrid.finetune import models, tasks
 
     spec = run_config.model_spec(cfg.model)
     transformers.set_seed(cfg.seed)
@@ -150,7 +152,7 @@ def setup(cfg: RunConfig):
     else:
         model = models.build_model(spec, cfg, tokenizer, source, data.label_names)
         if cfg.chunked_loss and models.head_kind(spec, cfg) == "causal":
-            from finetune import losses
+            from ftgrid.finetune import losses
             reason = losses.unsupported_reason(model)
             if reason:
                 print(f"[train] chunked loss off for {cfg.model}: {reason}", flush=True)
@@ -243,7 +245,7 @@ def peak_memory() -> tuple[float, str]:
 
 
 def train(cfg: RunConfig, parts: dict):
-    from finetune import models, tasks
+    from ftgrid.finetune import models, tasks
 
     trainer = tasks.make_trainer(cfg, parts["spec"], parts["args"], parts["model"], parts["tokenizer"],
                                  parts["data"], lora=parts["lora"])
@@ -305,7 +307,7 @@ def train_task_metrics(cfg: RunConfig, history: list[dict]) -> dict:
 def finish(cfg: RunConfig, parts: dict, trainer, out: dict, started: float) -> dict:
     import torch.distributed as dist
     from transformers.integrations import is_deepspeed_zero3_enabled
-    from finetune import models, tasks
+    from ftgrid.finetune import models, tasks
 
     args = trainer.args
     spec, tokenizer, data = parts["spec"], parts["tokenizer"], parts["data"]
@@ -421,7 +423,7 @@ def finish(cfg: RunConfig, parts: dict, trainer, out: dict, started: float) -> d
 
 def run_lm_eval(cfg: RunConfig, saved: Path, parts: dict) -> dict:
     """The lm-evaluation-harness tasks on what this run saved: the adapter on its base, or the model."""
-    from finetune import lm_eval_hook
+    from ftgrid.finetune import lm_eval_hook
     t0 = time.time()
     on_gpu = parts["on_gpu"]
     results = lm_eval_hook.evaluate(
@@ -476,7 +478,7 @@ def finish_wandb(metrics: dict, cfg: RunConfig, mode: str) -> None:
 
 
 def _loss_impl(model) -> str:
-    from finetune import losses
+    from ftgrid.finetune import losses
     return losses.implementation(model)
 
 
@@ -547,7 +549,7 @@ def main(argv=None) -> int:
         PROGRESS["phase"] = "finish"
         metrics = finish(cfg, parts, trainer, out, started)
     except Exception as e:
-        from data_prep.catalog import DataError
+        from ftgrid.data_prep.catalog import DataError
         if not (isinstance(e, DataError) and PROGRESS["phase"] == "setup"):
             return _failed(cfg, run_dir, is_main, e)
         abort_wandb()  # bad input (e.g. a file whose columns match no format): exit 2, nothing written

@@ -60,6 +60,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp
+from ftgrid.cli import CliParser
 
 __all__ = [
     "fit_chinchilla",
@@ -606,7 +607,7 @@ def _plots(out_dir: str, law: str, params: Dict[str, Any], x_obs: np.ndarray, D:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = CliParser(
         prog="python -m launch.fit",
         description="Fit a compute-optimal scaling law (Chinchilla or Zhang et al.) to a "
                     "results CSV and report the compute-optimal allocation.")

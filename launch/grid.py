@@ -27,11 +27,14 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
 
 import yaml  # noqa: E402
 
-from finetune import rundir  # noqa: E402
-from finetune.config import ConfigError, coerce, did_you_mean, read_yaml_mapping  # noqa: E402
-from launch import plan as planner  # noqa: E402
-from launch import render, report  # noqa: E402
-from launch.spec import (AXES, EXECUTORS, RESOURCE_SCALARS, RULE_KEYS, TRAIN_KEYS, Resources, SweepSpec, expand,  # noqa: E402
+from ftgrid.cli import CliParser  # noqa: E402
+from ftgrid import rundir  # noqa: E402
+from ftgrid.errors import ConfigError, did_you_mean  # noqa: E402
+from ftgrid.schema import coerce  # noqa: E402
+from ftgrid.yamlio import read_yaml_mapping  # noqa: E402
+from ftgrid.launch import plan as planner  # noqa: E402
+from ftgrid.launch import render, report  # noqa: E402
+from ftgrid.launch.spec import (AXES, EXECUTORS, RESOURCE_SCALARS, RULE_KEYS, TRAIN_KEYS, Resources, SweepSpec, expand,  # noqa: E402
                          parse_bool, parse_hostfile, parse_int, to_yaml_dict, typed_axis, validate_output_dir,
                          validate_python, validate_sweep_name)
 
@@ -53,7 +56,7 @@ def default_executor() -> str:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="launch/grid.py", description=__doc__.split("\n")[0],
+    p = CliParser(prog="launch/grid.py", description=__doc__.split("\n")[0],
                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="sweep YAML (command-line flags override it)")
     p.add_argument("--name", help="sweep name (default: from the config file, else 'sweep')")
@@ -295,7 +298,7 @@ def print_hostfile_commands(cell_dirs, hosts) -> None:
 
 
 def show_status(out: Path) -> int:
-    from launch import submit
+    from ftgrid.launch import submit
     cell_dirs = report.cell_dirs(out)
     if not cell_dirs:
         print(f"error: {out} holds no cells (no */cell.yaml)", file=sys.stderr)
@@ -341,7 +344,7 @@ def print_results(out: Path) -> int:
 def check_datasets(spec: SweepSpec) -> None:
     """Dataset names, tiers, local files and their layout, checked here so a typo fails before
     anything is written or queued, not in every cell's job. Hub datasets are checked by name only."""
-    from data_prep import catalog, formats, sources
+    from ftgrid.data_prep import catalog, formats, sources
 
     for name in spec.datasets:
         request = catalog.parse(name)  # DataError (a ValueError): unknown name, bad tier, missing file
@@ -395,7 +398,7 @@ def main(argv=None) -> int:
 def select(out: Path, cells, plans, rerun: set, submit_oom: bool) -> list[Path]:
     """The cells to run: pending ones (and those in a --rerun state), never predicted-OOM ones unless
     --submit-oom; cells done or in flight are skipped (a re-run of the same command is a resume)."""
-    from launch import submit
+    from ftgrid.launch import submit
     statuses = submit.refresh([out / c.id for c in cells])
     todo, oom = [], 0
     for c, p in zip(cells, plans):
@@ -410,7 +413,7 @@ def select(out: Path, cells, plans, rerun: set, submit_oom: bool) -> list[Path]:
 
 
 def run(args, executor: str, hosts, spec: SweepSpec, out: Path, todo: list) -> int:
-    from launch import submit
+    from ftgrid.launch import submit
     if executor == "slurm":
         if not todo:
             return print_results(out)

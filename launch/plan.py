@@ -42,20 +42,10 @@ from pathlib import Path
 
 import yaml
 
-from finetune.config import (
-    LORA_METHODS,
-    METHODS,
-    OPTIMIZERS,
-    PRECISIONS,
-    REGISTRY_FILE,
-    CliParser,
-    ConfigError,
-    ModelSpec,
-    RunConfig,
-    causal_lm_loss,
-    did_you_mean,
-    model_spec,
-)
+from ftgrid.cli import CliParser
+from ftgrid.errors import ConfigError, did_you_mean
+from ftgrid.registry import REGISTRY_FILE, ModelSpec, model_spec
+from ftgrid.schema import LORA_METHODS, METHODS, OPTIMIZERS, PRECISIONS, RunConfig, causal_lm_loss
 
 GIB = float(2**30)
 HERE = Path(__file__).resolve().parent

@@ -57,11 +57,14 @@ from pathlib import Path
 
 import yaml
 
-from finetune import rundir
-from finetune.config import LORA_METHODS, METHODS, CliParser, ConfigError, did_you_mean, model_spec
-from launch import plan as planner
+from ftgrid import KIT_ROOT, rundir
+from ftgrid.cli import CliParser
+from ftgrid.errors import ConfigError, did_you_mean
+from ftgrid.registry import model_spec
+from ftgrid.schema import LORA_METHODS, METHODS
+from ftgrid.launch import plan as planner
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = KIT_ROOT
 TRAIN_PY = ROOT / "finetune" / "train.py"
 MEASURED_FILE = planner.MEASURED_FILE
 COLUMNS = ("model", "method", "rank", "targets", "zero", "gpus", "micro_batch", "seq_len", "grad_ckpt", "gpu",
@@ -397,7 +400,7 @@ def run_try(setting: Setting, runner, out: Path, dataset: Path, steps: int) -> P
     (cell_dir / "logs").mkdir(parents=True)
     run = setting.run_config(str(Path(dataset).resolve()), steps, cell_dir.name)
     if setting.zero:
-        from launch import render
+        from ftgrid.launch import render
         rundir.atomic_write_json(cell_dir / "ds_config.json", render.ds_config(setting.zero, "none"))
     rundir.atomic_write_text(cell_dir / "cell.yaml", yaml.safe_dump(run, sort_keys=False))
     shared = Path(out) / "bases" / f"{setting.model}"
@@ -842,7 +845,7 @@ def finish(probe: Probe, result: dict, csv_path: str | None = None, draw: bool =
     rundir.atomic_write_json(probe.out / "probe.json", summary)
     written.append(probe.out / "probe.json")
     if draw and probe.axis:
-        from launch import plots
+        from ftgrid.launch import plots
         axis, rows = map_rows(read_points(own), probe.axis, probe.cap_gib)
         fig = plots.oom_map(rows, axis, title=f"OOM boundary: {probe.settings[0].gpu}")
         written.append(plots.save(fig, probe.out / "oom_map.png"))

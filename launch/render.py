@@ -16,9 +16,10 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from launch.spec import container_flags, sbatch_line
+from ftgrid import KIT_ROOT
+from ftgrid.launch.spec import container_flags, sbatch_line
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = KIT_ROOT  # the checkout, or the installed package folder
 TRAIN_PY = PROJECT_ROOT / "finetune" / "train.py"
 SIGNAL_GRACE_S = 120  # SLURM sends USR1 this long before the time limit: time to checkpoint
 HOSTFILE = "hosts.txt"  # the sweep's copy of --hostfile, next to its cells

@@ -37,8 +37,11 @@ from pathlib import Path
 
 import yaml
 
-from finetune import rundir
-from finetune.config import LORA_METHODS, CliParser, ConfigError, model_spec
+from ftgrid import rundir
+from ftgrid.cli import CliParser
+from ftgrid.errors import ConfigError
+from ftgrid.registry import model_spec
+from ftgrid.schema import LORA_METHODS
 
 COLUMNS = ("cell", "model", "params", "method", "rank", "alpha", "targets", "dataset", "train_rows", "seed",
            "micro_batch", "grad_accum", "world_size", "batch", "epochs", "optimizer", "lr", "min_lr", "warmup",
@@ -105,7 +108,7 @@ def _targets(value) -> str | None:
 
 def planned_params(model, method, rank, targets) -> int | None:
     """The planner's base-model parameter count (None for an unknown model)."""
-    from launch import plan as planner
+    from ftgrid.launch import plan as planner
     try:
         spec = model_spec(str(model))
         t = targets.split(";") if isinstance(targets, str) and ";" in targets else targets
@@ -392,7 +395,7 @@ def write(sweep_dir: Path, rows: list[dict], *, columns=None, group: str | None 
 def probe_rows(sweep_dir: Path, probe_csv: str | None, rows: list[dict]) -> list[dict]:
     """Measured points for the OOM map: --probe-csv (kept to the sweep's models when any match), else
     the sweep folder's own measured_peaks.csv (a probe directory)."""
-    from launch import probe
+    from ftgrid.launch import probe
     if probe_csv:
         points = probe.read_points(Path(probe_csv))
         models = {r.get("model") for r in rows}
@@ -403,7 +406,7 @@ def probe_rows(sweep_dir: Path, probe_csv: str | None, rows: list[dict]) -> list
 
 def make_plots(sweep_dir: Path, rows: list[dict], probe_csv: str | None = None) -> tuple[list[Path], list[str]]:
     """Draw every plot the data allow into <sweep>/plots/. Returns (written paths, skipped: reasons)."""
-    from launch import plots
+    from ftgrid.launch import plots
     out_dir = Path(sweep_dir) / PLOTS_DIR
     written, skipped = [], []
     done = [r for r in rows if _num(r.get("eval_loss")) is not None]
@@ -425,7 +428,7 @@ def make_plots(sweep_dir: Path, rows: list[dict], probe_csv: str | None = None) 
         skipped.append("throughput_memory.png: no cell has finished")
     points = probe_rows(sweep_dir, probe_csv, rows)
     if points:
-        from launch import probe
+        from ftgrid.launch import probe
         axis, map_rows = probe.map_rows(points)
         written.append(plots.save(plots.oom_map(map_rows, axis), out_dir / "oom_map.png"))
     return written, skipped

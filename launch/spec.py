@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune import config as run_config
-from finetune.config import LORA_METHODS, METHODS, ConfigError, RunConfig, coerce, did_you_mean, slug
+from ftgrid import schema as run_config
+from ftgrid.errors import ConfigError, did_you_mean
+from ftgrid.schema import LORA_METHODS, METHODS, RunConfig, coerce, slug
 
 # Axes: swept with a cartesian product (or zipped). Each is a list in the spec.
 AXES = ("models", "methods", "ranks", "alphas", "lrs", "datasets", "tasks", "seeds")

@@ -18,11 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from finetune import rundir
+from ftgrid import rundir
 
-from launch.render import PROJECT_ROOT, SIGNAL_GRACE_S, TRAIN_PY
-from launch.spec import slurm_time_minutes
-from launch.spec import container_flags, sbatch_line
+from ftgrid.launch.render import PROJECT_ROOT, SIGNAL_GRACE_S, TRAIN_PY
+from ftgrid.launch.spec import slurm_time_minutes
+from ftgrid.launch.spec import container_flags, sbatch_line
 
 IN_FLIGHT = ("submitted", "running")
 LOG_TAIL_LINES = 15

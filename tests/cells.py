@@ -19,7 +19,7 @@ TINY = dict(model="pythia-tiny", rank=8, target_modules="all-linear", lr=3e-3, d
 
 def make_cell(cell_dir: Path, zero: int | None = None, offload: str = "none", **overrides) -> Path:
     """Write cell.yaml (and ds_config.json when `zero` is given) the way launch/grid.py does."""
-    from launch import render
+    from ftgrid.launch import render
 
     cell_dir = Path(cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)

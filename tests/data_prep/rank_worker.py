@@ -22,7 +22,7 @@ def main(out: Path) -> None:
     import datasets
     from transformers import AutoTokenizer
 
-    from data_prep.prepare import prepare
+    from ftgrid.data_prep.prepare import prepare
 
     datasets.disable_progress_bars()
     rank = int(os.environ["LOCAL_RANK"])

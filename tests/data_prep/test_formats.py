@@ -8,10 +8,10 @@ from pathlib import Path
 import datasets
 import pytest
 
-from data_prep import formats, sources
-from data_prep.catalog import CATALOG, SAMPLES_DIR, DataError
-from data_prep.prepare import prepare
-from data_prep.tokenization import IGNORE_INDEX
+from ftgrid.data_prep import formats, sources
+from ftgrid.data_prep.catalog import CATALOG, SAMPLES_DIR, DataError
+from ftgrid.data_prep.prepare import prepare
+from ftgrid.data_prep.tokenization import IGNORE_INDEX
 
 EOS = "<|endoftext|>"
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_prep import packing
-from data_prep.prepare import prepare
-from data_prep.tokenization import IGNORE_INDEX
+from ftgrid.data_prep import packing
+from ftgrid.data_prep.prepare import prepare
+from ftgrid.data_prep.tokenization import IGNORE_INDEX
 
 
 def test_best_fit_decreasing():
@@ -30,7 +30,7 @@ def test_best_fit_decreasing():
 def model():
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from finetune.config import model_spec
+    from ftgrid.registry import model_spec
 
     spec = model_spec("pythia-tiny")
     config = AutoConfig.for_model(spec.model_type, **spec.hf_config_kwargs(), attn_implementation="sdpa")
@@ -157,7 +157,7 @@ def test_trainer_runs_on_packed_batches(tiny_tok, model, tmp_path, mode):
 
 
 def _causal_families():
-    from finetune.config import registry
+    from ftgrid.registry import registry
     smallest = {}
     for spec in sorted(registry().values(), key=lambda s: s.hidden * s.total_layers):
         if spec.kind == "causal":

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from data_prep import catalog, formats, sources, sft
-from data_prep.catalog import CATALOG, DataError, parse
-from data_prep.prepare import prepare, select_rows
+from ftgrid.data_prep import catalog, formats, sources, sft
+from ftgrid.data_prep.catalog import CATALOG, DataError, parse
+from ftgrid.data_prep.prepare import prepare, select_rows
 
 
 class CountingTokenizer:
@@ -159,7 +159,7 @@ def test_collators_per_task(tiny_tok):
 
 
 def test_cli_prints_counts_and_histogram(capsys, cache):
-    from data_prep.__main__ import main
+    from ftgrid.data_prep.__main__ import main
 
     assert main(["--dataset", "dolly-sample:small", "--model", "pythia-tiny", "--seq-len", "128"]) == 0
     out = capsys.readouterr().out
@@ -171,7 +171,7 @@ def test_cli_prints_counts_and_histogram(capsys, cache):
 
 
 def test_cli_offline_hub_tokenizer_is_one_clear_line(capsys, monkeypatch):
-    from data_prep.__main__ import main
+    from ftgrid.data_prep.__main__ import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["--dataset", "wordnet:small", "--model", "pythia-1.4b", "--seq-len", "2048"]) == 2
@@ -210,10 +210,10 @@ def test_bos_adding_tokenizer_gets_exactly_one_bos(tiny_tok):
 
 
 def test_package_level_prepare_in_any_import_order(tiny_tok):
-    import data_prep
-    import data_prep.prepare as module  # noqa: F401 - rebinds the package attribute to the module
-    from data_prep import prepare as p
+    import ftgrid.data_prep
+    import ftgrid.data_prep.prepare as module  # noqa: F401 - rebinds the package attribute to the module
+    from ftgrid.data_prep import prepare as p
 
     assert callable(p)
     assert p("wordnet:small", task="sft", tokenizer=tiny_tok, seq_len=64, use_cache=False).stats.train_rows == 400
-    assert callable(data_prep.prepare)
+    assert callable(ftgrid.data_prep.prepare)

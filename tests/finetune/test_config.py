@@ -1,8 +1,8 @@
 """The run config schema: defaults, coercion, one-line errors, cell.yaml round trip."""
 import pytest
 
-from finetune import config
-from finetune.config import ConfigError
+from ftgrid import schema as config
+from ftgrid.errors import ConfigError
 
 
 def test_defaults_resolve_lora_rank_and_alpha():
@@ -92,12 +92,12 @@ def test_task_fields_and_their_defaults():
     assert config.from_dict({"model": "bart-tiny", "task": "summarization", "max_new_tokens": 32}).max_new_tokens == 32
 
 
-def test_finetune_config_imports_no_torch():
+def test_kernel_imports_no_torch():
     import subprocess
     import sys
-    code = "import sys, finetune.config; assert 'torch' not in sys.modules, 'torch imported'"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=config.PACKAGE_DIR.parent)
+    code = ("import sys, ftgrid.schema, ftgrid.registry, ftgrid.cli, ftgrid.rundir, ftgrid.launch.spec; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -125,3 +125,16 @@ def test_a_netrc_login_counts_as_credentials(tmp_path):
 def test_a_bad_wandb_mode_in_the_environment_is_one_line():
     with pytest.raises(ConfigError, match="WANDB_MODE='onlin' in the environment"):
         config.effective_wandb_mode(config.from_dict({"wandb_mode": "online"}), {"WANDB_MODE": "onlin"})
+
+
+def test_familiar_names_are_aliases_or_refused_with_ours():
+    cfg = config.from_dict({"learning_rate": 1e-4, "per_device_train_batch_size": 4, "gradient-accumulation-steps": 2,
+                            "num_train_epochs": 3, "lora_r": 8, "lora_alpha": 16, "optim": "paged_adamw_8bit"})
+    assert (cfg.lr, cfg.micro_batch, cfg.grad_accum, cfg.epochs, cfg.rank, cfg.alpha, cfg.optimizer) == \
+        (1e-4, 4, 2, 3.0, 8, 16.0, "paged-adamw-8bit")
+    with pytest.raises(config.ConfigError, match="ours is warmup, a fraction"):
+        config.from_dict({"warmup_steps": 10})
+    with pytest.raises(config.ConfigError, match="resuming is automatic"):
+        config.from_dict({"resume_from_checkpoint": True})
+    with pytest.raises(config.ConfigError, match="given twice"):
+        config.from_dict({"lr": 1e-4, "learning_rate": 2e-4})

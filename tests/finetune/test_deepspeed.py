@@ -11,7 +11,8 @@ pytestmark = pytest.mark.slow
 
 def reload_eval_loss(cell_dir) -> float:
     """Eval loss of the saved result, reloaded onto its base in this (plain, single) process."""
-    from finetune import config, models, tasks
+    from ftgrid import schema as config
+    from ftgrid.finetune import models, tasks
     cfg = dataclasses.replace(config.load(cell_dir / "cell.yaml"), deepspeed=None, wandb_mode="disabled")
     spec = config.model_spec(cfg.model)
     tokenizer = models.load_tokenizer(spec, cfg)

@@ -6,8 +6,9 @@ import sys
 import pytest
 
 from cells import explain, make_cell, run, train
-from finetune import lm_eval_hook
-from finetune.lm_eval_hook import LmEvalError, model_args, parse_tasks
+from ftgrid.finetune import lm_eval_hook
+from ftgrid.finetune.lm_eval_hook import LmEvalError, model_args, parse_tasks
+from ftgrid.errors import ConfigError
 
 # Choices differ per doc; `same` repeats one string, so every choice of a doc scores the same.
 DOCS = [
@@ -143,7 +144,7 @@ def test_the_entrypoint_scores_its_saved_adapter_and_the_report_shows_it(cell, h
 
 
 def test_lm_eval_fields_are_validated():
-    from finetune import config
+    from ftgrid import schema as config
     with pytest.raises(config.ConfigError, match="lm_eval_tasks"):
         config.from_dict({"lm_eval_tasks": "a,,b"})
     with pytest.raises(config.ConfigError, match="causal language models"):
@@ -185,7 +186,7 @@ def test_cli_scores_a_full_model_folder_with_limit_and_writes_json(cell, task_di
     (["--model-dir", "{tmp}/model", "--tasks", "a,,b"], "error: empty task name in 'a,,b'"),
     (["--model-dir", "{tmp}/model", "--tasks", ""], "error: no tasks given"),
     (["--model-dir", "{tmp}/model", "--tasks", "x", "--limit", "0"], "error: limit must be a positive integer, got 0"),
-    (["--tasks", "x"], "error: the following arguments are required: --model-dir"),
+    (["--tasks", "x"], "error: the following arguments are required: --model-dir (see python -m finetune.lm_eval_hook --help)"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, message):
     (tmp_path / "adapter").mkdir()
@@ -212,7 +213,7 @@ def test_parse_tasks():
     assert parse_tasks("hellaswag") == ["hellaswag"]
     assert parse_tasks(" arc_easy, hellaswag ,mmlu ") == ["arc_easy", "hellaswag", "mmlu"]
     for bad in ("a,,b", "a,", ",a", " , "):
-        with pytest.raises(LmEvalError, match="empty task name"):
+        with pytest.raises(ConfigError, match="empty task name"):
             parse_tasks(bad)
 
 

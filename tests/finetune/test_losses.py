@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from finetune import losses
-from finetune.config import model_spec
+from ftgrid.finetune import losses
+from ftgrid.registry import model_spec
 
 TINY_MODELS = ["pythia-tiny", "llama-tiny", "gpt2-tiny"]
 

@@ -8,7 +8,7 @@ from cells import explain, losses, make_cell, metrics, train
 
 def expected_llama_tiny_params(rank: int) -> tuple[int, int]:
     """(LoRA params on all linear layers, base params) of llama-tiny, counted from its architecture."""
-    from finetune import config
+    from ftgrid import schema as config
     spec = config.model_spec("llama-tiny")
     h, ffn, layers, vocab = spec.hidden, spec.ffn, spec.layers, spec.vocab
     kv = spec.kv_heads * h // spec.heads

@@ -142,8 +142,8 @@ def test_kill_9_of_a_local_cell_then_sweep_rerun_resumes(tmp_path):
 
 def test_a_running_local_cell_whose_process_is_gone_is_marked_failed(tmp_path):
     import socket
-    from finetune import rundir
-    from launch import submit
+    from ftgrid import rundir
+    from ftgrid.launch import submit
     cell = tmp_path / "cell"
     dead = subprocess.Popen(["true"])
     dead.wait()  # reaped: its pid names no process now

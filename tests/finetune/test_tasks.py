@@ -79,7 +79,7 @@ def test_summarization_with_a_prompted_decoder(tmp_path):
 
 def test_seqeval_metrics_on_known_predictions():
     from transformers import EvalPrediction
-    from finetune import tasks
+    from ftgrid.finetune import tasks
     names = ["O", "B-NAME", "I-NAME"]
     labels = np.array([[-100, 1, 2, 0, -100], [-100, 0, 1, 0, 0]])
     right = np.eye(3)[np.where(labels < 0, 0, labels)]                  # logits that pick the label
@@ -93,8 +93,8 @@ def test_seqeval_metrics_on_known_predictions():
 
 def test_rouge_and_the_seq2seq_metric_strip_padding():
     from transformers import AutoTokenizer, EvalPrediction
-    from finetune import tasks
-    from finetune.config import TINY_TOKENIZER_DIR
+    from ftgrid.finetune import tasks
+    from ftgrid.registry import TINY_TOKENIZER_DIR
     assert tasks.rouge(["the cat sat"], ["the cat sat"]) == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
     assert tasks.rouge(["dog"], ["the cat sat"])["rouge1"] == 0.0
     tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
@@ -108,7 +108,7 @@ def test_rouge_and_the_seq2seq_metric_strip_padding():
 
 def test_token_loss_is_a_mean_over_the_steps_tokens():
     import torch
-    from finetune import tasks
+    from ftgrid.finetune import tasks
     logits = torch.randn(2, 3, 5)
     labels = torch.tensor([[1, -100, 2], [4, 0, -100]])
     per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, 5), labels.reshape(-1), reduction="none")
@@ -120,7 +120,7 @@ def test_token_loss_is_a_mean_over_the_steps_tokens():
 
 
 def test_rouge_partial_overlap_matches_hand_computation():
-    from finetune import tasks
+    from ftgrid.finetune import tasks
     out = tasks.rouge(["the cat sat"], ["the cat sat down"])
     # unigrams: P = 3/3, R = 3/4 -> F = 2PR/(P+R); bigrams: P = 2/2, R = 2/3; LCS = 3 words
     assert out["rouge1"] == pytest.approx(2 * 1 * 0.75 / 1.75)

@@ -91,7 +91,7 @@ def test_out_of_memory_is_status_oom_with_step_and_peak_and_exit_3(tmp_path):
     """Out of memory on CPU: the data segment capped a little above the import baseline (as
     launch.probe does), then a micro batch whose logits alone exceed the cap."""
     import subprocess
-    from launch.probe import baseline_data_bytes
+    from ftgrid.launch.probe import baseline_data_bytes
     from cells import ROOT, clean_env
     cell = make_cell(tmp_path / "oom", micro_batch=256, seq_len=512, max_steps=3, num_samples=0)
     limit_kib = (baseline_data_bytes() + int(0.25 * 2**30)) // 1024

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from launch import fit as F
+from ftgrid.launch import fit as F
 
 # Hoffmann et al. (2022) published fit, and Epoch AI's refit (Besiroglu et al. 2024).
 CHINCHILLA = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)

@@ -191,7 +191,7 @@ def test_predicted_oom_cells_are_listed_and_not_run_unless_asked(tmp_path):
 
 
 def test_status_counts_states_and_shows_failing_cells_log_tails(tmp_path):
-    from finetune import rundir
+    from ftgrid import rundir
     out = tmp_path / "sweep"
     proc = grid("--models", "pythia-tiny", "--ranks", "2,4,8", "--gpu", "cpu", "--dry-run", "--out", out)
     assert proc.returncode == 0, explain(proc)

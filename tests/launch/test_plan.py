@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from finetune.config import ConfigError, model_spec, registry
-from launch import plan as planner
-from launch.plan import GPU_PRESETS, choose_zero, param_counts, plan_cell
+from ftgrid.errors import ConfigError
+from ftgrid.registry import model_spec, registry
+from ftgrid.launch import plan as planner
+from ftgrid.launch.plan import GPU_PRESETS, choose_zero, param_counts, plan_cell
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND_TO_AUTO = {"causal": "AutoModelForCausalLM", "encoder": "AutoModelForTokenClassification",

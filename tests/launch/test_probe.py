@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune import config as run_config
-from finetune import rundir
-from launch import plan as planner
-from launch import plots, probe
+from ftgrid import schema as run_config
+from ftgrid import rundir
+from ftgrid.launch import plan as planner
+from ftgrid.launch import plots, probe
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from launch import plan as planner
-from launch import render
-from launch.spec import Resources, SweepSpec, expand
+from ftgrid.launch import plan as planner
+from ftgrid.launch import render
+from ftgrid.launch.spec import Resources, SweepSpec, expand
 
 GOLDEN = Path(__file__).parent / "golden"
 CTX = dict(python="/opt/venv/bin/python", project_root=Path("/opt/ftgrid"))
@@ -192,8 +192,13 @@ def test_per_node_branch_refuses_a_step_with_the_wrong_task_count(tmp_path):
     script = tmp_path / "job.sh"
     script.write_text(render.sbatch(cell=cell, sweep="x", run_dir=tmp_path, plan=p, python="/bin/false",
                                     project_root=tmp_path).replace("module load", "true").replace("source", "true"))
+    # This branch runs before any srun: only `scontrol show hostnames` is needed, which a machine without
+    # SLURM lacks, so a stand-in that names the one node takes its place.
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "scontrol").write_text("#!/bin/sh\necho n1\n")
+    (tmp_path / "bin" / "scontrol").chmod(0o755)
     proc = subprocess.run(["bash", script], capture_output=True, text=True, cwd=tmp_path,
-                          env={"PATH": "/usr/bin:/bin", "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": "7",
+                          env={"PATH": f"{tmp_path}/bin:/usr/bin:/bin", "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": "7",
                                "SLURM_NTASKS": "1", "FTGRID_NODE": "1", "HOME": str(tmp_path)})
     assert proc.returncode == 2 and "planned for 4 node(s)" in proc.stderr
 

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from cells import ROOT, explain, run
-from finetune import rundir
-from launch import plan as planner
-from launch import plots, report
-from finetune.config import model_spec
+from ftgrid import rundir
+from ftgrid.launch import plan as planner
+from ftgrid.launch import plots, report
+from ftgrid.registry import model_spec
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

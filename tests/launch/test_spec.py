@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from finetune.config import ConfigError
-from launch.spec import (Resources, SweepSpec, accumulation, cell_id, container_flags, expand, parse_hostfile,
+from ftgrid.errors import ConfigError
+from ftgrid.launch.spec import (Resources, SweepSpec, accumulation, cell_id, container_flags, expand, parse_hostfile,
                          resolve_alpha, sbatch_line, setup_line, validate_resources)
 
 
@@ -144,7 +144,7 @@ def test_all_unknown_names_in_one_line():
 
 
 def test_tasks_axis_takes_the_run_configs_tasks():
-    from finetune import config
+    from ftgrid import schema as config
     assert set(config.TASKS) >= {"sft"}
     cells = expand(SweepSpec(tasks=list(config.TASKS)[:1]))
     assert cells[0].run["task"] == config.TASKS[0]

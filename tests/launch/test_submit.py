@@ -4,9 +4,9 @@ import sys
 
 import pytest
 
-from finetune import rundir
-from launch import submit
-from launch.spec import Resources, slurm_time_minutes
+from ftgrid import rundir
+from ftgrid.launch import submit
+from ftgrid.launch.spec import Resources, slurm_time_minutes
 
 
 def test_submitit_parameters_carry_the_cells_sbatch_settings():

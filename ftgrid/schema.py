@@ -1,29 +1,25 @@
-"""The run config: what one training run accepts (the schema of `cell.yaml`), and the model registry.
+"""The run config: what one training run accepts (the schema of `cell.yaml`).
 
-`finetune` owns this schema; `launch` writes configs of it and imports nothing else from `finetune`
-but this module and `finetune.rundir` (the run directory's file contract). Pure: no torch import.
+Part of the shared kernel: `launch` writes configs of this schema, `finetune` reads them, `data_prep`
+and every command validate with it. Pure: no torch import.
 
 Every default lives in `RunConfig` below, with a comment. Unknown keys fail with the valid ones
 listed; bad values fail with one line naming the value. Both raise `ConfigError`.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
-import functools
 import os
 import re
-import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-REGISTRY_FILE = PACKAGE_DIR / "models.yaml"
-TINY_TOKENIZER_DIR = PACKAGE_DIR / "assets" / "tokenizer-tiny"
+from ftgrid.errors import ConfigError, did_you_mean  # noqa: F401 - re-exported for schema users
+from ftgrid.registry import TINY_TOKENIZER_DIR, ModelSpec, model_spec, registry  # noqa: F401
+from ftgrid.yamlio import read_yaml_mapping
 
 METHODS = ("full", "lora", "qlora", "lora-8bit")
 LORA_METHODS = ("lora", "qlora", "lora-8bit")
@@ -39,114 +35,10 @@ LM_LOSS_TASKS = ("sft", "summarization")  # tasks trained on a per-token languag
 WANDB_MODES = ("disabled", "offline", "online")
 
 
-class ConfigError(ValueError):
-    """A bad run config or sweep spec: the message is one line meant for the user."""
-
-
-class CliParser(argparse.ArgumentParser):
-    """argparse for the kit's commands: a usage error is one `error:` line and exit 2 (no usage dump)."""
-
-    def error(self, message):
-        sys.stderr.write(f"error: {message}\n")
-        raise SystemExit(2)
-
-
-def did_you_mean(value: str, choices) -> str:
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{hint}; valid: {', '.join(str(c) for c in choices)}"
-
-
 def causal_lm_loss(task: str, spec: "ModelSpec") -> bool:
     """A causal model trained on its per-token LM loss: where packing is exact and the entrypoint's
     chunked loss replaces the stock one."""
     return task in LM_LOSS_TASKS and spec.kind == "causal"
-
-
-# ---------------------------------------------------------------------------------------------
-# Model registry (data in models.yaml)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Architecture facts of one registry entry (see models.yaml for the field meanings)."""
-
-    name: str
-    family: str
-    model_type: str
-    kind: str  # causal | encoder | seq2seq
-    layers: int | tuple[int, int]
-    hidden: int
-    heads: int
-    ffn: int
-    vocab: int
-    max_seq_len: int
-    kv_heads: int | None = None
-    tied: bool = False
-    experts: int = 0
-    experts_per_token: int = 0
-    hub_id: str | None = None
-    params: int | None = None  # published total, checked against the built architecture by a test
-    lora_preset: tuple[str, ...] = ()
-    linear: tuple[str, ...] = ()
-    zero3_leaf_modules: tuple[str, ...] = ()
-    config_keys: dict = field(default_factory=dict, hash=False, compare=False)
-    config_extra: dict = field(default_factory=dict, hash=False, compare=False)
-
-    @property
-    def is_tiny(self) -> bool:
-        return self.hub_id is None
-
-    @property
-    def total_layers(self) -> int:
-        return sum(self.layers) if isinstance(self.layers, tuple) else self.layers
-
-    def hf_config_kwargs(self) -> dict:
-        """Keyword arguments for `transformers.AutoConfig.for_model(model_type, **kwargs)`."""
-        facts = {"layers": self.layers, "hidden": self.hidden, "heads": self.heads, "ffn": self.ffn,
-                 "vocab": self.vocab, "max_seq_len": self.max_seq_len, "tied": self.tied,
-                 "kv_heads": self.kv_heads, "experts": self.experts,
-                 "experts_per_token": self.experts_per_token}
-        out = dict(self.config_extra)
-        for fact, key in self.config_keys.items():
-            value = facts[fact]
-            if value is None or (fact.startswith("expert") and not value):
-                continue
-            keys = key if isinstance(key, list) else [key]
-            values = value if isinstance(value, tuple) else [value] * len(keys)
-            out.update(zip(keys, values))
-        return out
-
-
-@functools.lru_cache(maxsize=1)
-def registry() -> dict[str, ModelSpec]:
-    data = yaml.safe_load(REGISTRY_FILE.read_text())
-    families = data["families"]
-    out = {}
-    for name, entry in data["models"].items():
-        fam = families[entry["family"]]
-        spec = dict(entry)
-        if isinstance(spec.get("layers"), list):
-            spec["layers"] = tuple(spec["layers"])
-        out[name] = ModelSpec(
-            name=name,
-            model_type=fam["model_type"],
-            kind=fam["kind"],
-            lora_preset=tuple(fam.get("lora_preset", ())),
-            linear=tuple(fam.get("linear", ())),
-            zero3_leaf_modules=tuple(fam.get("zero3_leaf_modules", ())),
-            config_keys=fam["config_keys"],
-            config_extra=fam.get("config_extra", {}),
-            **spec,
-        )
-    return out
-
-
-def model_spec(name: str) -> ModelSpec:
-    try:
-        return registry()[name]
-    except KeyError:
-        raise ConfigError(f"unknown model {name!r}{did_you_mean(name, sorted(registry()))}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,10 +198,9 @@ class RunConfig:
         if self.weights and not os.path.isfile(os.path.join(self.weights, "config.json")):
             raise ConfigError(f"weights folder {self.weights} holds no config.json (a saved model folder)")
         if self.lm_eval_tasks:
-            from finetune import lm_eval_hook
             try:
-                lm_eval_hook.parse_tasks(self.lm_eval_tasks)
-            except ValueError as e:
+                parse_lm_eval_tasks(self.lm_eval_tasks)
+            except ConfigError as e:
                 raise ConfigError(f"lm_eval_tasks: {e}") from None
             if spec.kind != "causal" or self.task == "token-classification":
                 raise ConfigError(f"lm_eval_tasks scores causal language models; {self.model} with task "
@@ -325,6 +216,16 @@ class RunConfig:
         if self.deepspeed and not os.path.isfile(self.deepspeed):
             raise ConfigError(f"deepspeed config not found: {self.deepspeed}")
         return self
+
+
+def parse_lm_eval_tasks(text: str) -> list[str]:
+    """'a, b' -> ['a', 'b']; '' -> []. An empty name ('a,,b', 'a,') is a typo, not a wildcard."""
+    if not text.strip():
+        return []
+    names = [t.strip() for t in text.split(",")]
+    if any(not n for n in names):
+        raise ConfigError(f"empty task name in {text!r}")
+    return names
 
 
 def effective_wandb_mode(cfg: RunConfig, environ=None) -> str:
@@ -395,34 +296,73 @@ def coerce(key: str, value: Any) -> Any:
                 return [str(v) for v in value]
             text = str(value)
             return text.split(",") if "," in text else text
-        return str(value)
+        text = str(value)
+        return VALUE_ALIASES.get(key, {}).get(text, text)
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: {value!r} is not a valid {kind.split(' ')[0]}") from None
+
+
+# Names other tools use (HF TrainingArguments, TRL, PEFT, axolotl) for our run-config keys: accepted as
+# aliases wherever a key is typed (cell.yaml, a sweep's train:, --set, train.py flags), in snake or kebab case.
+FIELD_ALIASES = {
+    "learning_rate": "lr", "per_device_train_batch_size": "micro_batch", "micro_batch_size": "micro_batch",
+    "gradient_accumulation_steps": "grad_accum", "num_train_epochs": "epochs", "num_epochs": "epochs",
+    "warmup_ratio": "warmup", "lr_scheduler_type": "schedule", "lr_scheduler": "schedule", "optim": "optimizer",
+    "gradient_checkpointing": "grad_ckpt", "max_seq_length": "seq_len", "max_length": "seq_len",
+    "sequence_len": "seq_len", "lora_r": "rank", "r": "rank", "lora_alpha": "alpha",
+    "lora_target_modules": "target_modules", "use_rslora": "rslora", "model_name_or_path": "model",
+    "base_model": "model", "dataset_name": "dataset", "neftune_noise_alpha": "neftune_alpha", "beta": "dpo_beta",
+    "eval_steps": "eval_every", "save_steps": "save_every", "dataloader_num_workers": "dataloader_workers",
+}
+# Names with no one-to-one key of ours: refused with what to use instead.
+FIELD_HINTS = {
+    "warmup_steps": "ours is warmup, a fraction of the total steps (e.g. warmup: 0.03)",
+    "report_to": "set wandb_mode: offline or online (wandb is the tracker; default disabled)",
+    "resume_from_checkpoint": "resuming is automatic: a re-run of a cell resumes from <run dir>/checkpoints",
+    "bf16": "set precision: bf16", "fp16": "set precision: fp16", "tf32": "set precision",
+    "per_device_eval_batch_size": "evaluation uses micro_batch",
+    "save_strategy": "set save_every N (steps); preemption always checkpoints",
+    "eval_strategy": "set eval_every N (steps); 0 evaluates at the end only",
+}
+# Values other tools use for our choices.
+VALUE_ALIASES = {
+    "optimizer": {"adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw",
+                  "adamw_bnb_8bit": "adamw-8bit", "adamw_8bit": "adamw-8bit", "paged_adamw_8bit": "paged-adamw-8bit"},
+}
+
+
+def canonical_key(key) -> str:
+    """Our name for a typed key: kebab or snake case, ours or a familiar alias (else unchanged)."""
+    if not isinstance(key, str):
+        raise ConfigError(f"a config key must be a name, got {key!r}")
+    name = key.strip().replace("-", "_")
+    if name in FIELD_HINTS:
+        raise ConfigError(f"unknown config key {key!r}: {FIELD_HINTS[name]}")
+    return FIELD_ALIASES.get(name, name)
+
+
+def canonical_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with every key in our spelling; two spellings of one key are an error."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = canonical_key(key)
+        if name in out:
+            raise ConfigError(f"config key {name!r} is given twice (as {key!r} too)")
+        out[name] = value
+    return out
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
     """Build and validate a RunConfig; unknown keys fail with the valid ones listed."""
     if not isinstance(data, dict):
         raise ConfigError(f"a run config must be a mapping, got {type(data).__name__}")
+    data = canonical_keys(data)
     unknown = sorted(set(data) - set(_FIELD_TYPES))
     if unknown:
         key = unknown[0]
         raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, sorted(_FIELD_TYPES))}")
     cfg = RunConfig(**{k: coerce(k, v) for k, v in data.items()})
     return cfg.validate().resolved()
-
-
-def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict:
-    """A YAML file that must hold a mapping; unreadable or malformed files are one ConfigError line."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of {what} keys")
-    return data
 
 
 def load(path: str | os.PathLike) -> RunConfig:
