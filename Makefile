@@ -13,7 +13,7 @@ DEMO_OUT ?= runs/demo
 
 .PHONY: setup demo test test-fast clean-demo
 
-$(VENV)/.installed: pyproject.toml scripts/setup_env.sh
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/setup_env.sh
 	bash scripts/setup_env.sh $(VENV)
 
 setup: $(VENV)/.installed

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from ftgrid.data_prep.catalog import LOCAL_SUFFIXES, DataError, DatasetEntry
+
+if TYPE_CHECKING:  # `datasets` takes seconds to import: only the loaders import it (a name check must not)
+    import datasets
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
 
@@ -50,6 +52,8 @@ def _one_line(e: BaseException) -> str:
 
 def load(entry: DatasetEntry, split: str | None = None, label: str | None = None) -> datasets.Dataset:
     """Rows of one split (`a+b` concatenates) as a datasets.Dataset, in source order."""
+    import datasets
+
     split = split or entry.split
     label = label or entry.name
     path = _local(entry)
@@ -82,6 +86,8 @@ def load(entry: DatasetEntry, split: str | None = None, label: str | None = None
 
 
 def _hub(entry: DatasetEntry, split: str, label: str) -> datasets.Dataset:
+    import datasets
+
     offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
         return datasets.load_dataset(entry.source, entry.config, split=split)

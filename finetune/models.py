@@ -139,7 +139,7 @@ def build_model(spec: ModelSpec, cfg: RunConfig, tokenizer, source: str | os.Pat
 
     Under a ZeRO-3 DeepSpeed config the TrainingArguments must exist before this call: transformers
     then loads inside `deepspeed.zero.Init`, so each rank only ever holds its partition."""
-    source = source or spec.hub_id
+    source = source or spec.pretrained_source
     kwargs = dict(dtype=weights_dtype(cfg), **label_kwargs(label_names))
     quant = quantization_config(spec, cfg)
     if quant is not None:
@@ -175,7 +175,7 @@ def load_trained(spec: ModelSpec, cfg: RunConfig, tokenizer, label_names=None):
         return model_class(spec, cfg).from_pretrained(str(run_dir / "model"), dtype=torch.float32,
                                                       **label_kwargs(label_names))
     from peft import PeftModel
-    base = spec.hub_id if use_pretrained(spec, cfg) else run_dir / BASE_DIR
+    base = cfg.weights or (spec.pretrained_source if use_pretrained(spec, cfg) else run_dir / BASE_DIR)
     model = build_model(spec, cfg, tokenizer, base, label_names, apply_method=False)
     return PeftModel.from_pretrained(model, str(run_dir / "adapter"))
 

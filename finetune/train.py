@@ -133,7 +133,7 @@ def setup(cfg: RunConfig):
     tokenizer = models.load_tokenizer(spec, cfg)
     wandb_mode = run_config.effective_wandb_mode(cfg)
     data = tasks.load_data(cfg, spec, tokenizer)  # tokenized once (data_prep's cache), read by every rank
-    source = cfg.weights or spec.hub_id
+    source = cfg.weights or spec.pretrained_source
     if not cfg.weights and not models.use_pretrained(spec, cfg):  # built by rank 0 before any ZeRO-3 context
         source = models.random_base(spec, cfg, tokenizer, run_dir / models.BASE_DIR, data.label_names,
                                     builder=int(os.environ.get("RANK", "0")) == 0)

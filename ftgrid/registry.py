@@ -34,6 +34,7 @@ class ModelSpec:
     experts: int = 0
     experts_per_token: int = 0
     hub_id: str | None = None
+    weights: str | None = None  # a saved model folder shipped with the kit, relative to KIT_ROOT
     params: int | None = None  # published total, checked against the built architecture by a test
     lora_preset: tuple[str, ...] = ()
     linear: tuple[str, ...] = ()
@@ -43,7 +44,13 @@ class ModelSpec:
 
     @property
     def is_tiny(self) -> bool:
-        return self.hub_id is None
+        """No pretrained weights: built from config with random init."""
+        return self.hub_id is None and self.weights is None
+
+    @property
+    def pretrained_source(self) -> str | None:
+        """What `from_pretrained` loads for this entry: its hub id or its shipped weights folder."""
+        return self.hub_id or (str(KIT_ROOT / self.weights) if self.weights else None)
 
     @property
     def total_layers(self) -> int:
@@ -99,10 +106,11 @@ def model_spec(name: str) -> ModelSpec:
 
 def load_tokenizer(spec: ModelSpec, cfg=None):
     """The model's tokenizer as every run uses it (the data cache is keyed by it): the hub id or saved
-    folder, or the project's tiny tokenizer for the *-tiny twins."""
+    folder, or the project's tiny tokenizer for entries without a hub id (the *-tiny twins and the
+    bases pretrained with it)."""
     import transformers  # lazy: the registry itself stays import-light
 
-    source = spec.hub_id if not spec.is_tiny else str(TINY_TOKENIZER_DIR)
+    source = spec.hub_id or str(TINY_TOKENIZER_DIR)
     tok = transformers.AutoTokenizer.from_pretrained(source)
     # pad == eos makes the model never learn to stop (eos masked as padding): give pad its own id.
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:

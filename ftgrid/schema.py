@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ftgrid.errors import ConfigError, did_you_mean  # noqa: F401 - re-exported for schema users
+from ftgrid import validate
 from ftgrid.registry import TINY_TOKENIZER_DIR, ModelSpec, model_spec, registry  # noqa: F401
 from ftgrid.yamlio import read_yaml_mapping
 
@@ -215,7 +216,27 @@ class RunConfig:
             raise ConfigError(f"loss_chunk_size must be positive, got {self.loss_chunk_size}")
         if self.deepspeed and not os.path.isfile(self.deepspeed):
             raise ConfigError(f"deepspeed config not found: {self.deepspeed}")
+        for key, (lo, hi) in LIMITS.items():
+            value = getattr(self, key)
+            if value is not None:
+                (validate.finite if isinstance(lo, float) else validate.integer)(key, value, lo, hi)
+        if self.is_lora and self.rank is not None and self.rank > spec.hidden:
+            raise ConfigError(f"rank {self.rank} exceeds {self.model}'s hidden size {spec.hidden} (a LoRA rank "
+                              f"above it adds parameters, not capacity)")
         return self
+
+
+# The range of every numeric field (after the checks above that say more): beyond these a value is a typo
+# or an overflow (2**64 nodes of micro batch), not a setting. Floats are finite by `coerce`.
+LIMITS = {
+    "rank": (1, 2**20), "alpha": (0.0, 1e6), "lora_dropout": (0.0, 1.0), "eval_rows": (0, 10**9),
+    "seq_len": (1, 2**24), "neftune_alpha": (0.0, 100.0), "dpo_beta": (0.0, 1e3), "max_new_tokens": (1, 2**20),
+    "num_samples": (0, 10**5), "loss_chunk_size": (1, 2**31 - 1), "lm_eval_limit": (0, 10**9),
+    "micro_batch": (1, 2**20), "grad_accum": (1, 2**20), "epochs": (0.0, 1e6), "max_steps": (-1, 10**12),
+    "lr": (0.0, 10.0), "min_lr": (0.0, 10.0), "warmup": (0.0, 1.0), "weight_decay": (0.0, 1e3),
+    "max_grad_norm": (0.0, 1e6), "dataloader_workers": (-1, 256), "seed": (0, validate.SEED_MAX),
+    "eval_every": (0, 10**12), "save_every": (0, 10**12), "logging_steps": (1, 10**12),
+}
 
 
 def parse_lm_eval_tasks(text: str) -> list[str]:
@@ -274,13 +295,11 @@ def coerce(key: str, value: Any) -> Any:
         raise ConfigError(f"{key} needs a value")
     try:
         if kind.startswith("int"):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
+            return validate.integer(key, value)
         if kind.startswith("float"):
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
+            return validate.finite(key, value)  # nan, inf and 1e400 never reach a cell
+        if isinstance(value, (dict, set)) or (isinstance(value, (list, tuple)) and kind != "str | list"):
+            raise ConfigError(f"{key} takes one value, got a {type(value).__name__}: {value!r}"[:300])
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -293,11 +312,15 @@ def coerce(key: str, value: Any) -> Any:
             return "bfd" if str(value).lower() == "true" else "none"  # packing: true = bin packing
         if kind == "str | list":
             if isinstance(value, (list, tuple)):
-                return [str(v) for v in value]
+                if not all(isinstance(v, str) and v.strip() for v in value):
+                    raise ConfigError(f"{key} takes a list of module names, got {value!r}"[:300])
+                return list(value)
             text = str(value)
             return text.split(",") if "," in text else text
         text = str(value)
         return VALUE_ALIASES.get(key, {}).get(text, text)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: {value!r} is not a valid {kind.split(' ')[0]}") from None
 

@@ -35,14 +35,15 @@ from ftgrid.yamlio import read_yaml_mapping  # noqa: E402
 from ftgrid.launch import plan as planner  # noqa: E402
 from ftgrid.launch import render, report  # noqa: E402
 from ftgrid.launch.spec import (AXES, EXECUTORS, RESOURCE_SCALARS, RULE_KEYS, TRAIN_KEYS, Resources, SweepSpec, expand,  # noqa: E402
-                         parse_bool, parse_hostfile, parse_int, to_yaml_dict, typed_axis, validate_output_dir,
-                         validate_python, validate_sweep_name)
+                         IDENTITY_RESOURCES, parse_bool, parse_hostfile, parse_int, to_yaml_dict, typed_axes,
+                         typed_axis, validate_output_dir, validate_python, validate_sweep_name)
 
 EXIT_BAD_INPUT = 2
 # CLI flags for the sweep's fixed training settings (any other RunConfig field: --set KEY=VALUE).
 TRAIN_FLAGS = ("micro_batch", "grad_accum", "seq_len", "max_steps", "epochs", "target_modules", "grad_ckpt",
                "precision", "optimizer", "warmup", "weight_decay", "min_lr", "schedule", "wandb_mode", "eval_rows")
-SWEEP_KEYS = ("name",) + AXES + ("train", "resources", "setup", "sbatch", "container", "zip", "include", "exclude")
+SWEEP_KEYS = ("name",) + AXES + ("axes", "train", "resources", "setup", "sbatch", "container", "zip", "include",
+                                 "exclude")
 LIST_KEYS = ("setup", "sbatch", "zip", "include", "exclude")
 RESOURCE_INTS = ("nodes", "gpus_per_node", "cpus_per_task")
 # Run-config fields the memory plan does not read: cells differing only in these share one plan.
@@ -67,6 +68,10 @@ def parse_args(argv):
     p.add_argument("--hostfile", help="`HOST slots=N` lines: servers without SLURM (implies --executor hostfile)")
     for axis in AXES:
         p.add_argument(f"--{axis}", help=f"comma list for the {axis} axis")
+    p.add_argument("--sweep", action="append", default=None, metavar="KEY=V1,V2",
+                   help="any run-config key as an axis, e.g. --sweep warmup=0,0.1 (repeatable; YAML axes:)")
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out that holds a different grid (cells.csv rows merge by cell id)")
     p.add_argument("--zip", action="append", default=None, metavar="AXIS,AXIS",
                    help="axes that move together instead of a product, e.g. ranks,alphas (repeatable)")
     p.add_argument("--include", action="append", default=None, metavar="KEY=V[,KEY=V]",
@@ -167,6 +172,11 @@ def build_spec(args) -> SweepSpec:
     spec.train = {k: coerce(k, v) for k, v in train.items()}
     if global_batch is not None:
         spec.global_batch = parse_int("global_batch", global_batch)
+    if args.sweep is not None:  # the command line's axes replace the file's
+        spec.axes = {key: _split(value) for key, value in _pairs(args.sweep, "--sweep").items()}
+    else:
+        spec.axes = data.get("axes") or {}
+    spec.axes = typed_axes(spec.axes)
     for key in ("zip", "include", "exclude"):
         cli = getattr(args, key)
         parse = _split if key == "zip" else _rule
@@ -247,7 +257,8 @@ def write_if_changed(path: Path, text: str, executable: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def write_sweep(out: Path, spec: SweepSpec, cells, plans, ctx: render.Context, hosts_text: str = "") -> None:
+def write_sweep(out: Path, spec: SweepSpec, cells, plans, ctx: render.Context, hosts_text: str = "",
+                previous_csv: str = "") -> None:
     out.mkdir(parents=True, exist_ok=True)
     rundir.atomic_write_text(out / "sweep.yaml", yaml.safe_dump(to_yaml_dict(spec), sort_keys=False))
     if hosts_text:
@@ -262,20 +273,71 @@ def write_sweep(out: Path, spec: SweepSpec, cells, plans, ctx: render.Context, h
             rundir.write_status(cell_dir, "predicted-oom", peak_gib=plan.peak_gib, capacity_gib=plan.capacity_gib)
         # A cell without status.json is pending (finetune.rundir.read_status): 10k fsync'd files for
         # a fresh sweep would cost a minute and say nothing new.
-    rundir.atomic_write_text(out / "cells.csv", cells_csv(cells, plans))
+    rundir.atomic_write_text(out / "cells.csv", cells_csv(cells, plans, previous_csv))
     os.sync()
 
 
-def cells_csv(cells, plans) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "model", "method", "rank", "alpha", "lr", "dataset", "task", "seed", "zero", "offload",
-                     "peak_gib", "capacity_gib", "fits"])
+def cells_csv(cells, plans, previous: str = "") -> str:
+    """One row per cell; swept run-config keys (axes:) get a column each. `previous` (an older cells.csv
+    of the same folder, --force) keeps its rows of cells this grid does not hold: merged by cell id."""
+    swept = list(dict.fromkeys(k for c in cells for k, _ in c.params if k not in RULE_KEYS))
+    header = ["id", "model", "method", "rank", "alpha", "lr", "dataset", "task", "seed", *swept, "zero", "offload",
+              "peak_gib", "capacity_gib", "fits"]
+    rows = []
     for c, p in zip(cells, plans):
         r = c.run
-        writer.writerow([c.id, r["model"], r["method"], r["rank"], r["alpha"], r["lr"], r["dataset"], r["task"],
-                         r["seed"], p.zero, p.offload, f"{p.peak_gib:.2f}", f"{p.capacity_gib:.1f}", p.fits])
+        rows.append(dict(id=c.id, **{k: r[k] for k in header[1:9]}, **{k: _csv_value(r[k]) for k in swept},
+                         zero=p.zero, offload=p.offload, peak_gib=f"{p.peak_gib:.2f}",
+                         capacity_gib=f"{p.capacity_gib:.1f}", fits=p.fits))
+    if previous:
+        old = csv.DictReader(io.StringIO(previous))
+        header += [k for k in old.fieldnames or () if k not in header]
+        mine = {row["id"] for row in rows}
+        rows += [row for row in old if row.get("id") not in mine]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=header, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
     return buf.getvalue()
+
+
+def _csv_value(value):
+    return ";".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# sweep.yaml keys that decide which cells a grid holds; queue, time limit and set-up lines may change
+# between runs of the same grid (a re-run with more time is the same grid).
+GRID_KEYS = ("name",) + AXES + ("axes", "train", "zip", "include", "exclude")
+
+
+def grid_identity(data: dict) -> dict:
+    res = data.get("resources") or {}
+    return {**{k: data.get(k) or None for k in GRID_KEYS}, "resources": {k: res.get(k) for k in IDENTITY_RESOURCES}}
+
+
+def check_out_dir(out: Path, spec: SweepSpec, force: bool) -> str:
+    """The existing cells.csv to merge ("" for none). One folder describes one grid: with axes a whole
+    study is one grid, so a second, different grid aimed at the same --out is most often a wrong --out,
+    and replacing sweep.yaml and cells.csv would silently lose the first grid's description. It is
+    refused unless --force; then the cells.csv rows merge by cell id (cell folders are never removed)
+    and sweep.yaml describes the latest grid."""
+    old_path = out / "sweep.yaml"
+    if not old_path.is_file():
+        return ""
+    try:
+        old = yaml.safe_load(old_path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        old = {}
+    new = yaml.safe_load(yaml.safe_dump(to_yaml_dict(spec), sort_keys=False))
+    if isinstance(old, dict) and grid_identity(old) == grid_identity(new):
+        return ""
+    if not force:
+        raise ConfigError(f"{out} holds a different grid (its sweep.yaml); use another --out, or --force to add "
+                          f"this grid's cells there (cells.csv rows merge by cell id)")
+    try:
+        return (out / "cells.csv").read_text()
+    except OSError:
+        return ""
 
 
 def print_plan(cells, plans, resources: Resources) -> None:
@@ -315,7 +377,7 @@ def show_status(out: Path) -> int:
         for s in held.values():
             slurm[s.get("slurm_state") or "?"] = slurm.get(s.get("slurm_state") or "?", 0) + 1
         print("in flight, by SLURM state: " + ", ".join(f"{k} {v}" for k, v in sorted(slurm.items())))
-    bad = [(d, s) for d, s in statuses.items() if s.get("state") in ("failed", "oom", "preempted")]
+    bad = [(d, s) for d, s in statuses.items() if s.get("state") in ("failed", "oom", "preempted", "damaged")]
     for d, s in bad:
         job = submit._job_id(s)
         print(f"\n{s['state'].upper()} {d.name}" + (f"  (job {job})" if job else ""))
@@ -378,13 +440,14 @@ def main(argv=None) -> int:
             raise ConfigError(f"output directory {out} is a file")
         validate_output_dir(out)
         validate_python(args.python)
+        previous_csv = check_out_dir(out, spec, args.force)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     hosts_text = "".join(f"{h} slots={n}\n" for h, n in hosts)
     ctx = render.Context(sweep=spec.name, python=args.python, hosts=hosts,
                          hostfile=out.resolve() / render.HOSTFILE if hosts else None)
-    write_sweep(out, spec, cells, plans, ctx, hosts_text)
+    write_sweep(out, spec, cells, plans, ctx, hosts_text, previous_csv)
     print_plan(cells, plans, spec.resources)
     todo = select(out, cells, plans, rerun, args.submit_oom)
     if args.dry_run:
@@ -400,15 +463,20 @@ def select(out: Path, cells, plans, rerun: set, submit_oom: bool) -> list[Path]:
     --submit-oom; cells done or in flight are skipped (a re-run of the same command is a resume)."""
     from ftgrid.launch import submit
     statuses = submit.refresh([out / c.id for c in cells])
-    todo, oom = [], 0
+    todo, oom, damaged = [], 0, 0
     for c, p in zip(cells, plans):
         state = statuses[out / c.id].get("state", "pending")
         if not p.fits and not submit_oom:
             oom += 1
         elif state in ("pending", "predicted-oom") or state in rerun:
             todo.append(out / c.id)
+        elif state == "damaged":  # results are evidence: never retrained unless asked
+            damaged += 1
     note = f", {oom} predicted OOM not run (--submit-oom runs them)" if oom else ""
-    print(f"{len(todo)} cell(s) to run, {len(cells) - len(todo) - oom} skipped (done or in flight){note}")
+    if damaged:
+        note += f", {damaged} damaged not run (--status lists them; --rerun damaged runs them)"
+    skipped = len(cells) - len(todo) - oom - damaged
+    print(f"{len(todo)} cell(s) to run, {skipped} skipped (done or in flight){note}")
     return todo
 
 

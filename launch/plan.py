@@ -183,7 +183,7 @@ def _dim(expr, env: dict) -> int:
         return expr
     total = 0
     for term in str(expr).replace(" ", "").split("+"):
-        m = _DIM_TERM.match(term)
+        m = _DIM_TERM.fullmatch(term)
         if not m or m.group(2) not in env:
             raise ConfigError(f"bad dimension {expr!r} in models.yaml arch (use sums of {sorted(env)})")
         total += int(m.group(1) or 1) * env[m.group(2)]

@@ -60,7 +60,7 @@ def eval_loss_vs(rows: list[dict], x: str, *, line_by: str = "model", y: str = "
     points: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
         xv, yv = _num(r.get(x)), _num(r.get(y))
-        if xv is None or yv is None:
+        if xv is None or yv is None or (x in LOG_X and xv <= 0):  # a log axis takes positive values only
             continue
         points[str(r.get(line_by))][xv].append(yv)
     fig = Figure(figsize=(6.4, 4.4))

@@ -8,7 +8,9 @@
 
 Reads each cell's cell.yaml, plan.json, status.json and metrics.json. Any of them may be missing,
 truncated or corrupt (a sweep still running, a cell that died, a file edited by hand): the cell is
-still listed with what can be read, and its status says `pending` (no status yet) or `unreadable`.
+still listed with what can be read, and its status says `pending` (no status yet) or `damaged` (a
+status.json that cannot be read; a cell whose metrics.json holds a result is `done` regardless,
+ftgrid.rundir.read_status). Absurd numbers (a rank of 0, a step of 1e308) become blanks, not crashes.
 
 Columns of results.csv (results.md shows the ones with a value, or --columns):
   cell (the run), model, params (base model size: metrics total_params less the LoRA adapters, or the
@@ -39,6 +41,7 @@ import yaml
 
 from ftgrid import rundir
 from ftgrid.cli import CliParser
+from ftgrid.yamlio import load_yaml_text
 from ftgrid.errors import ConfigError
 from ftgrid.registry import model_spec
 from ftgrid.schema import LORA_METHODS
@@ -67,10 +70,17 @@ def cell_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(p.parent for p in Path(sweep_dir).glob("*/cell.yaml"))
 
 
+def is_sweep(folder: Path) -> bool:
+    """A grid's folder (sweep.yaml or cell folders) or a probe's (measured_peaks.csv)."""
+    folder = Path(folder)
+    return ((folder / "sweep.yaml").is_file() or (folder / "measured_peaks.csv").is_file()
+            or next(folder.glob("*/cell.yaml"), None) is not None)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, ValueError, yaml.YAMLError):
+        data = load_yaml_text(Path(path).read_text(), str(path))  # refuses alias bombs (a ValueError)
+    except (OSError, ValueError, yaml.YAMLError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -96,6 +106,16 @@ def _num(value):
 def _int(value):
     out = _num(value)
     return int(out) if out is not None and out == int(out) else out
+
+
+# Counts and sizes (ranks, rows, tokens, parameters, batch, memory) are positive and below this; anything
+# else in a file is damage, shown as a blank (a rank of 0 or -4 must not reach a log-scaled plot).
+MAX_COUNT = 1e18
+
+
+def _count(value, kind=_int):
+    out = kind(value)
+    return out if out is not None and 0 < out <= MAX_COUNT else None
 
 
 def _targets(value) -> str | None:
@@ -134,10 +154,9 @@ def row(cell_dir: Path) -> dict:
     cell_dir = Path(cell_dir)
     cfg = _read_yaml(cell_dir / "cell.yaml")
     plan = _read_dict(cell_dir / "plan.json") or {}
-    status = _read_dict(cell_dir / rundir.STATUS_FILE)
+    status = rundir.read_status(cell_dir)
     metrics = _read_dict(cell_dir / rundir.METRICS_FILE) or {}
-    state = "unreadable" if status is None else str(status.get("state") or "pending")
-    status = status or {}
+    state = status["state"]
 
     def pick(key, *alts):
         for src in (metrics, cfg):
@@ -148,16 +167,16 @@ def row(cell_dir: Path) -> dict:
 
     model, method = pick("model"), pick("method")
     lora = method in LORA_METHODS
-    rank, alpha = _int(pick("rank")) if lora else None, _num(pick("alpha")) if lora else None
+    rank, alpha = _count(pick("rank")) if lora else None, _count(pick("alpha"), _num) if lora else None
     targets = _targets(cfg.get("target_modules")) if lora else None
-    total, trainable = _int(metrics.get("total_params")), _int(metrics.get("trainable_params"))
+    total, trainable = _count(metrics.get("total_params")), _count(metrics.get("trainable_params"))
     if total is not None:
         params = total - (trainable or 0) if lora else total
     else:
         params = planned_params(model, method, rank, targets)
-    micro, accum = _int(cfg.get("micro_batch")), _int(cfg.get("grad_accum"))
-    world = _int(metrics.get("world_size")) or _int(plan.get("gpus")) or 1
-    batch = _int(metrics.get("global_batch"))
+    micro, accum = _count(cfg.get("micro_batch")), _count(cfg.get("grad_accum"))
+    world = _count(metrics.get("world_size")) or _count(plan.get("gpus")) or 1
+    batch = _count(metrics.get("global_batch"))
     if batch is None and micro is not None:
         batch = micro * (accum or 1) * world
     epochs = _num(metrics.get("epochs"))
@@ -175,20 +194,20 @@ def row(cell_dir: Path) -> dict:
     error = str(status.get("error") or "").strip().splitlines()
     out = {
         "cell": cell_dir.name, "model": model, "params": params, "method": method, "rank": rank, "alpha": alpha,
-        "targets": targets, "dataset": pick("dataset"), "train_rows": _int(data.get("train_rows")),
+        "targets": targets, "dataset": pick("dataset"), "train_rows": _count(data.get("train_rows")),
         "seed": _int(pick("seed")), "micro_batch": micro, "grad_accum": accum, "world_size": world,
-        "batch": batch, "epochs": epochs, "optimizer": cfg.get("optimizer"), "lr": _num(pick("lr")),
+        "batch": batch, "epochs": epochs, "optimizer": cfg.get("optimizer"), "lr": _count(pick("lr"), _num),
         "min_lr": _num(cfg.get("min_lr")), "warmup": _num(cfg.get("warmup")),
         "weight_decay": _num(cfg.get("weight_decay")),
         "train_loss": _num(metrics.get("train_loss_last")),
         "untrained_eval_loss": _num(metrics.get("initial_eval_loss")),
         "eval_loss": eval_loss, "perplexity": perplexity,
         "task_metric_name": headline, "task_metric": tasks.get(headline) if headline else None,
-        "tokens": _int(metrics.get("tokens")), "tokens_per_second": _num(metrics.get("tokens_per_second")),
+        "tokens": _count(metrics.get("tokens")), "tokens_per_second": _count(metrics.get("tokens_per_second"), _num),
         "time_s": wall, "gpu_hours": wall * world / 3600 if wall is not None and on_gpu else None,
-        "peak_gib": _num(metrics.get("peak_memory_gib")), "peak_kind": metrics.get("peak_memory_kind"),
+        "peak_gib": _count(metrics.get("peak_memory_gib"), _num), "peak_kind": metrics.get("peak_memory_kind"),
         "status": state, "error": error[0][:200] if error else None,
-        "seq_len": _int(cfg.get("seq_len")), "grad_ckpt": cfg.get("grad_ckpt"), "gpu": plan.get("gpu"),
+        "seq_len": _count(cfg.get("seq_len")), "grad_ckpt": cfg.get("grad_ckpt"), "gpu": plan.get("gpu"),
         "zero": plan.get("zero"),
     }
     out["task_metrics"] = tasks
@@ -273,7 +292,7 @@ def counts(rows: list[dict]) -> Counter:
 
 def summary_line(rows: list[dict]) -> str:
     c = counts(rows)
-    order = ("done", "running", "submitted", "pending", "oom", "failed", "preempted", "predicted-oom", "unreadable")
+    order = ("done", "running", "submitted", "pending", "oom", "failed", "preempted", "predicted-oom", "damaged")
     parts = [f"{c[s]} {s}" for s in order if c.get(s)] + [f"{n} {s}" for s, n in sorted(c.items()) if s not in order]
     return f"{len(rows)} cell(s): " + (", ".join(parts) if parts else "none")
 
@@ -496,6 +515,10 @@ def main(argv=None) -> int:
     sweep_dir = Path(args.sweep_dir)
     if not sweep_dir.is_dir():
         print(f"error: no sweep directory at {sweep_dir}", file=sys.stderr)
+        return 2
+    if not is_sweep(sweep_dir):  # never write results.csv into a folder that is no sweep
+        print(f"error: {sweep_dir} is no sweep or probe directory (no sweep.yaml, */cell.yaml or "
+              f"measured_peaks.csv)", file=sys.stderr)
         return 2
     try:
         for spec in args.pivot:

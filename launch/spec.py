@@ -10,6 +10,10 @@ and a new run-config field with a default does not rename the cells of existing 
 The grid is the product of the axes, except that zipped axes move together (`zip: [ranks, alphas]`),
 then filtered by rules: a cell is kept if it matches no `exclude` rule and (there are no `include`
 rules or it matches one). A rule maps axis names (singular: model, rank, ...) to a value or a list.
+
+Besides the built-in axes, any run-config key can be an axis: `axes: {warmup: [0.0, 0.1], micro_batch:
+[4, 8]}` (CLI `--sweep warmup=0,0.1`). Such a key is named by itself in `zip:` and in rules, is typed
+and validated by the run-config schema, and shows in the cell id (`..._warmup0.1_micro_batch4_s0_...`).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +29,7 @@ from typing import Any
 
 from ftgrid import schema as run_config
 from ftgrid.errors import ConfigError, did_you_mean
+from ftgrid import validate
 from ftgrid.schema import LORA_METHODS, METHODS, RunConfig, coerce, slug
 
 # Axes: swept with a cartesian product (or zipped). Each is a list in the spec.
@@ -112,6 +118,7 @@ class SweepSpec:
     include: list = field(default_factory=list)           # rules: keep only cells matching one
     exclude: list = field(default_factory=list)           # rules: drop cells matching any
     resources: Resources = field(default_factory=Resources)
+    axes: dict = field(default_factory=dict)              # any other run-config key -> its values
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,33 @@ def typed_axis(axis: str, values: list) -> list:
     if name == "alpha":
         return [_alpha_value(v) for v in values]
     return [str(v) for v in values]
+
+
+def typed_axes(axes: dict) -> dict:
+    """`axes:` (run-config key -> values) in canonical key names, each value typed by the schema.
+    A built-in axis or a key the sweep cannot vary is refused with what to use instead."""
+    if not isinstance(axes, dict):
+        raise ConfigError("axes takes a mapping of run-config keys to value lists, e.g. {warmup: [0.0, 0.1]}")
+    out: dict = {}
+    for raw, values in axes.items():
+        key = run_config.canonical_key(raw)
+        if key in RULE_KEYS:
+            raise ConfigError(f"axes: {raw!r} is a built-in axis: use {key}s")
+        if key not in TRAIN_KEYS:
+            raise ConfigError(f"axes: unknown run-config key {raw!r}{did_you_mean(key, TRAIN_KEYS)}")
+        if key in out:
+            raise ConfigError(f"axes: {key!r} is given twice")
+        values = values if isinstance(values, (list, tuple)) else [values]
+        if not values:
+            raise ConfigError(f"axes: {key!r} has no values")
+        typed = []
+        for v in values:
+            t = coerce(key, v)
+            t = tuple(t) if isinstance(t, list) else t  # hashable (target_modules lists)
+            if t not in typed:
+                typed.append(t)
+        out[key] = typed
+    return out
 
 
 def _alpha_value(alpha: Any):
@@ -166,12 +200,7 @@ def parse_bool(key: str, value) -> bool:
 
 
 def parse_int(key: str, value) -> int:
-    try:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: {value!r} is not a valid int") from None
+    return validate.integer(key, value)
 
 
 def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
@@ -191,7 +220,7 @@ def sbatch_line(line: str) -> tuple[str, str | None]:
     """`--key=value`, `--flag` (or without the dashes) -> (key, value or None)."""
     text = str(line).strip()
     text = text if text.startswith("--") else "--" + text
-    match = SBATCH_LINE.match(text)
+    match = SBATCH_LINE.fullmatch(text)
     if not match:
         raise ConfigError(f"sbatch line {line!r} must look like --key=value or --flag (letters, digits and "
                           f"_.,:@%+=/&|()[]*!- only; no spaces or newlines)")
@@ -237,7 +266,7 @@ SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 def slurm_time_minutes(text: str) -> int:
     """A SLURM time limit in whole minutes, rounded up (submitit takes minutes). SLURM's forms: M, M:S,
     H:M:S, D-H, D-H:M, D-H:M:S; minutes and seconds below 60 where they follow an hour or minute field."""
-    m = SLURM_TIME.match(text)
+    m = SLURM_TIME.fullmatch(text)
     if m:
         days, first, second, third = m.groups()
         if days is None and third is None:  # M or M:S
@@ -251,8 +280,13 @@ def slurm_time_minutes(text: str) -> int:
     raise ConfigError(f"time {text!r} is not a SLURM time like 04:00:00, 90 or 2-12:00:00")
 
 
+SWEEP_NAME_MAX = 100  # a folder, a SLURM job name and a wandb group: long enough, and never near 255 bytes
+
+
 def validate_sweep_name(name: str) -> str:
-    if not SWEEP_NAME.match(name):
+    if len(name) > SWEEP_NAME_MAX:
+        raise ConfigError(f"sweep name {name[:40]!r}... is {len(name)} characters; at most {SWEEP_NAME_MAX}")
+    if not SWEEP_NAME.fullmatch(name):
         raise ConfigError(f"sweep name {name!r} must start with a letter or digit and hold only letters, digits "
                           f"and _.+=@- (it names a folder, the SLURM job and the wandb group)")
     return name
@@ -274,6 +308,10 @@ def validate_python(path: str) -> str:
     return path
 
 
+# Beyond any cluster there is: a larger value is a typo or an overflow (`#SBATCH --nodes=2**64`).
+RESOURCE_LIMITS = {"nodes": (1, 10_000), "gpus_per_node": (0, 64), "cpus_per_task": (1, 4096)}
+
+
 def validate_resources(res: Resources) -> None:
     if res.zero not in ZERO_CHOICES:
         raise ConfigError(f"unknown zero stage {res.zero!r}{did_you_mean(res.zero, ZERO_CHOICES)}")
@@ -287,15 +325,17 @@ def validate_resources(res: Resources) -> None:
     if res.gpus_per_node < 0 or (res.gpus_per_node == 0 and res.gpu != "cpu"):
         raise ConfigError(f"gpus_per_node must be >= 1 on gpu preset {res.gpu!r}, got {res.gpus_per_node} "
                           f"(use --gpu cpu for CPU-only cells)")
-    if res.mem and not SLURM_MEM.match(res.mem):
+    for key, (lo, hi) in RESOURCE_LIMITS.items():
+        validate.integer(key, getattr(res, key), lo, hi)
+    if res.mem and not SLURM_MEM.fullmatch(res.mem):
         raise ConfigError(f"mem {res.mem!r} is not a SLURM memory size like 64G, 500M or 8000")
     slurm_time_minutes(res.time)
     for key in ("mem", "time", "partition", "account", "qos"):
         value = getattr(res, key)
-        if not SAFE_SLURM_VALUE.match(value):
+        if not SAFE_SLURM_VALUE.fullmatch(value):
             raise ConfigError(f"{key} {value!r} has characters SLURM does not take (allowed: letters, "
                               f"digits and _.,:@%+=/-)")
-    if not SAFE_CONSTRAINT.match(res.constraint):
+    if not SAFE_CONSTRAINT.fullmatch(res.constraint):
         raise ConfigError(f"constraint {res.constraint!r} has characters SLURM does not take (allowed: letters, "
                           f"digits and _.,:@%+=/&|()[]*!-)")
     for line in res.sbatch:
@@ -322,7 +362,7 @@ def parse_hostfile(text: str, name: str = "hostfile") -> tuple[tuple[str, int], 
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        match = HOSTFILE_LINE.match(line)
+        match = HOSTFILE_LINE.fullmatch(line)
         if not match or int(match.group(2)) < 1:
             raise ConfigError(f"{name} line {number}: {raw.strip()!r} is not `HOST slots=N` (N >= 1)")
         host, slots = match.group(1), int(match.group(2))
@@ -358,14 +398,15 @@ def name_problems(spec: SweepSpec) -> list[str]:
             if value not in valid:
                 problems.append(f"unknown {AXIS_FIELD[axis]} {value!r}{did_you_mean(value, valid)}")
     seen = set()
+    all_axes = AXES + tuple(spec.axes)
     for group in _zip_groups(spec):
         for axis in group:
-            if axis not in AXES:
-                problems.append(f"zip: unknown axis {axis!r}{did_you_mean(axis, AXES)}")
+            if axis not in all_axes:
+                problems.append(f"zip: unknown axis {axis!r}{did_you_mean(axis, all_axes)}")
             elif axis in seen:
                 problems.append(f"zip: axis {axis!r} is in more than one group")
             seen.add(axis)
-        lengths = {a: len(getattr(spec, a)) for a in group if a in AXES}
+        lengths = {a: len(_axis_values(spec, a)) for a in group if a in all_axes}
         if len(set(lengths.values())) > 1:
             problems.append("zip: zipped axes need equal lengths, got "
                             + ", ".join(f"{a} {n}" for a, n in lengths.items()))
@@ -380,8 +421,9 @@ def name_problems(spec: SweepSpec) -> list[str]:
                 problems.append(f"{kind} rule {number} must be a mapping like {{model: mixtral-8x7b}}")
                 continue
             for key, value in rule.items():
-                if key not in RULE_KEYS:
-                    problems.append(f"{kind} rule {number}: unknown key {key!r}{did_you_mean(key, RULE_KEYS)}")
+                if key not in RULE_KEYS + tuple(spec.axes):
+                    problems.append(f"{kind} rule {number}: unknown key {key!r}"
+                                    f"{did_you_mean(key, RULE_KEYS + tuple(spec.axes))}")
                     continue
                 for v in _typed_rule(key, value):
                     if v not in universe[key]:
@@ -393,12 +435,20 @@ def name_problems(spec: SweepSpec) -> list[str]:
 
 def _typed_rule(key: str, value) -> list:
     values = value if isinstance(value, (list, tuple)) else [value]
+    if key not in RULE_KEYS:  # a run-config axis: typed by the schema
+        return list(typed_axes({key: values})[key])
     return typed_axis(key + "s", values)  # rule keys are the axes' singular names
+
+
+def _axis_values(spec: SweepSpec, axis: str) -> list:
+    """A built-in axis (plural name) or a run-config axis (its key)."""
+    return list(getattr(spec, axis)) if axis in AXES else list(spec.axes[axis])
 
 
 def _universe(spec: SweepSpec) -> dict[str, set]:
     """Every value a rule may name: the axes' values (alphas also as resolved numbers)."""
     out = {AXIS_FIELD[a]: set(getattr(spec, a)) for a in AXES}
+    out.update({key: set(values) for key, values in spec.axes.items()})
     for alpha in spec.alphas:
         for rank in spec.ranks:
             try:
@@ -425,8 +475,11 @@ def check(spec: SweepSpec) -> None:
         if not getattr(spec, axis):
             raise ConfigError(f"axis {axis!r} is empty")
     validate_resources(spec.resources)
-    if spec.global_batch is not None and "grad_accum" in spec.train:
+    if spec.global_batch is not None and "grad_accum" in {**spec.train, **spec.axes}:
         raise ConfigError("give grad_accum or global_batch, not both (global = micro x accumulation x world)")
+    both = sorted(set(spec.train) & set(spec.axes))
+    if both:
+        raise ConfigError(f"{both[0]!r} is both a fixed training setting and an axis: give it once")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,51 +490,83 @@ def identity(resources: Resources) -> dict:
     return {key: getattr(resources, key) for key in IDENTITY_RESOURCES}
 
 
-def cell_id(run: dict, resources: Resources) -> str:
-    return _cell_id(run, json.dumps(identity(resources), sort_keys=True))
+# A cell id names a folder: its readable part is capped (the hash carries uniqueness), so a long dataset
+# file name cannot make a name the filesystem refuses (255 bytes) or a path nobody can type.
+CELL_SLUG_MAX = 120
 
 
-def _cell_id(run: dict, resources_json: str) -> str:
+def cell_id(run: dict, resources: Resources, swept: tuple = ()) -> str:
+    return _cell_id(run, json.dumps(identity(resources), sort_keys=True), swept)
+
+
+def axis_label(key: str, value) -> str:
+    """`warmup0.1`, `micro_batch4`, `optimizerSGD`: a swept run-config value in a cell id."""
+    if isinstance(value, (list, tuple)):
+        value = "+".join(str(v) for v in value)
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return f"{key}{value}"
+
+
+def _cell_id(run: dict, resources_json: str, swept: tuple = ()) -> str:
     name = [run["model"], run["method"]]
     if run["method"] in LORA_METHODS:
         name += [f"r{run['rank']}", f"a{run['alpha']:g}"]
     name += [f"lr{run['lr']:.0e}", run["dataset"].split("/")[-1]]
     if run.get("task", "sft") != "sft":
         name.append(run["task"])
+    name += [axis_label(key, run[key]) for key in swept]  # run-config axes: readable in the id
     name.append(f"s{run['seed']}")
     changed = {k: v for k, v in run.items() if k not in _RUN_DEFAULTS or v != _RUN_DEFAULTS[k]}
     blob = json.dumps(changed, sort_keys=True, default=str) + resources_json
-    return slug("_".join(str(x) for x in name)) + "_" + hashlib.sha1(blob.encode()).hexdigest()[:6]
+    readable = slug("_".join(str(x) for x in name))[:CELL_SLUG_MAX].rstrip("-_.")
+    return readable + "_" + hashlib.sha1(blob.encode()).hexdigest()[:6]
 
 
 def _dimensions(spec: SweepSpec) -> list[list[dict]]:
     """One list per dimension of the product: a free axis, or a zipped group moving together."""
     groups = {axis: group for group in _zip_groups(spec) for axis in group}
     dims, done = [], set()
-    for axis in AXES:
+    for axis in AXES + tuple(spec.axes):
         if axis in done:
             continue
         group = groups.get(axis, (axis,))
         done.update(group)
-        dims.append([dict(zip(group, values)) for values in zip(*(getattr(spec, a) for a in group))])
+        dims.append([dict(zip(group, values)) for values in zip(*(_axis_values(spec, a) for a in group))])
     return dims
 
 
-def expand(spec: SweepSpec) -> list[Cell]:
+# Cells a grid may expand to unless --max-cells raises it: counted before expanding, so a typo (a
+# million-cell product) fails at once instead of loading for minutes.
+MAX_CELLS = 100_000
+
+
+def grid_size(spec: SweepSpec) -> int:
+    """Cells of the (zipped) product before include/exclude rules and deduplication."""
+    return math.prod(len(dim) for dim in _dimensions(spec))
+
+
+def expand(spec: SweepSpec, max_cells: int = MAX_CELLS) -> list[Cell]:
     """The (zipped) product of the axes, filtered by the rules, deduplicated (full fine-tuning ignores
-    rank and alpha)."""
+    rank and alpha). More than `max_cells` in the product is refused before any cell is made."""
     # Typed like the CLI types them, so `SweepSpec(lrs=["1e-4"])` and `lrs: [1e-4]` in YAML agree.
-    spec = dataclasses.replace(spec, **{a: typed_axis(a, list(getattr(spec, a))) for a in AXES})
+    spec = dataclasses.replace(spec, axes=typed_axes(spec.axes),
+                               **{a: typed_axis(a, list(getattr(spec, a))) for a in AXES})
     check(spec)
+    size = grid_size(spec)
+    if size > max_cells:
+        raise ConfigError(f"the grid has {size} cells (the product of its axes), more than the cap of "
+                          f"{max_cells}; split the sweep, or raise the cap with --max-cells")
     res_json = json.dumps(identity(spec.resources), sort_keys=True)
-    train = dict(spec.train)
-    if spec.global_batch is not None:
-        micro = int(train.get("micro_batch", RunConfig.micro_batch))
-        train["grad_accum"] = accumulation(spec.global_batch, micro, spec.resources.world_size)
+    swept = tuple(spec.axes)
     include, exclude = _typed_rules(spec.include), _typed_rules(spec.exclude)
     cells, seen = [], set()
     for combo in itertools.product(*_dimensions(spec)):
-        point = {AXIS_FIELD[axis]: value for part in combo for axis, value in part.items()}
+        point = {AXIS_FIELD.get(axis, axis): value for part in combo for axis, value in part.items()}
+        train = dict(spec.train, **{k: list(point[k]) if isinstance(point[k], tuple) else point[k] for k in swept})
+        if spec.global_batch is not None:  # per cell: micro_batch may be an axis
+            micro = int(train.get("micro_batch", RunConfig.micro_batch))
+            train["grad_accum"] = accumulation(spec.global_batch, micro, spec.resources.world_size)
         run = dict(train, name="", model=point["model"], method=point["method"], lr=point["lr"],
                    dataset=point["dataset"], task=point["task"], seed=point["seed"], wandb_group=spec.name)
         lora = point["method"] in LORA_METHODS
@@ -497,7 +582,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
                 continue
         # The fixed training settings are the same for every cell: these values tell runs apart.
         key = (point["model"], point["method"], run.get("rank"), run.get("alpha"), point["lr"], point["dataset"],
-               point["task"], point["seed"])
+               point["task"], point["seed"], *(point[k] for k in swept))
         if key in seen:  # e.g. the same full fine-tune from every rank, or 2r == 16 at rank 8
             continue
         seen.add(key)
@@ -505,13 +590,13 @@ def expand(spec: SweepSpec) -> list[Cell]:
         # A shallow copy of the fields: dataclasses.asdict deep-copies and dominates 10k-cell sweeps.
         resolved = dict(vars(cfg))
         del resolved["output_dir"], resolved["name"]
-        cid = _cell_id(resolved, res_json)
+        cid = _cell_id(resolved, res_json, swept)
         resolved["name"] = cid
         params = [("model", point["model"]), ("method", point["method"])]
         if lora:
             params += [("rank", point["rank"]), ("alpha", resolved["alpha"])]
         params += [("lr", point["lr"]), ("dataset", point["dataset"]), ("task", point["task"]),
-                   ("seed", point["seed"])]
+                   ("seed", point["seed"])] + [(k, resolved[k]) for k in swept]
         cells.append(Cell(id=cid, index=len(cells), run=resolved, resources=spec.resources,
                           params=tuple(params)))
     if not cells:
@@ -523,6 +608,8 @@ def to_yaml_dict(spec: SweepSpec) -> dict:
     """The resolved spec in the sweep-file layout (`--config runs/<sweep>/sweep.yaml` re-creates it)."""
     res = dataclasses.asdict(spec.resources)
     out = {"name": spec.name, **{a: list(getattr(spec, a)) for a in AXES}, "train": dict(spec.train)}
+    if spec.axes:
+        out["axes"] = {k: [list(v) if isinstance(v, tuple) else v for v in vs] for k, vs in spec.axes.items()}
     if spec.global_batch is not None:
         out["train"]["global_batch"] = spec.global_batch
     out.update(zip=[list(g) for g in _zip_groups(spec)], include=list(spec.include),

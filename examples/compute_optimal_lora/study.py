@@ -28,54 +28,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout: the kit importable without installing
+from ftgrid.data_prep.python_docs import write_passages  # noqa: E402
+
 BASES = ("pythia-study-xs", "pythia-study-s", "pythia-study-m")
 
 FULL = dict(bases=BASES, pretrain_steps=600, ranks=(2, 8, 32), tiers=("small", "medium", "large"),
             epochs=1, bootstrap=200)
 SMOKE = dict(bases=BASES[:2], pretrain_steps=40, ranks=(2, 8), tiers=("small", "medium"), epochs=1,
              bootstrap=20)
-
-
-def documentation_texts() -> list[tuple[str, str]]:
-    """(title, text) of the documentation that ships with CPython (PSF licence): the pydoc topics
-    (`pydoc_data.topics`) and the docstrings of the standard library's modules, classes and functions
-    (tests and demos left out). Sorted, so the corpus is the same on every machine with this Python."""
-    import ast
-    import sysconfig
-
-    import pydoc_data.topics
-
-    texts = sorted(pydoc_data.topics.topics.items())
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"test", "tests", "site-packages", "idle_test", "lib2to3", "turtledemo"}
-    for path in sorted(stdlib.rglob("*.py")):
-        rel = path.relative_to(stdlib)
-        if skip & set(rel.parts):
-            continue
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and len(doc) > 200:
-                    texts.append((f"{rel.with_suffix('').as_posix()}.{getattr(node, 'name', '')}".rstrip("."), doc))
-    return texts
-
-
-def pretrain_corpus(path: Path, words_per_passage: int = 64) -> int:
-    """The documentation as instruction-free passages: the loss is on the passage."""
-    rows = []
-    for title, text in documentation_texts():
-        words = text.split()
-        for i in range(0, len(words), words_per_passage):
-            chunk = " ".join(words[i:i + words_per_passage])
-            if len(chunk) > 80 and chunk.isascii():
-                rows.append({"instruction": f"Python documentation: {title}", "input": "", "output": chunk})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return len(rows)
 
 
 def sh(*cmd, **kw) -> None:
@@ -101,7 +62,7 @@ def main(argv=None) -> int:
     t0 = time.time()
 
     corpus = out / "data" / "python_docs.jsonl"
-    print(f"pretraining corpus: {pretrain_corpus(corpus)} passages of the Python documentation")
+    print(f"pretraining corpus: {write_passages(corpus)} passages of the Python documentation")
     base_sweep = out / "pretrain"
     grid("--name", "pretrain", "--out", base_sweep, "--models", ",".join(plan["bases"]), "--methods", "full",
          "--lrs", "2e-3", "--datasets", f"{corpus}", "--max-steps", str(plan["pretrain_steps"]),
