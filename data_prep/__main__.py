@@ -4,7 +4,11 @@
     python -m data_prep --dataset dolly:medium --model pythia-1.4b --seq-len 2048      # hub data + tokenizer
     python -m data_prep --dataset pii-sample --model roberta-tiny --task token-classification
     python -m data_prep --dataset my.jsonl:0.5 --model llama-2-7b --tokenizer /models/llama2 --packing
+    python -m data_prep --dataset my.csv --columns instruction=Input,output=Output --template chatml
+    python -m data_prep --cell runs/<sweep>/<cell>/cell.yaml     # exactly what that cell trains on
     python -m data_prep --list                                                          # the catalogue
+
+It prints the first training example as the model sees it, the tokens with a loss between ⟦ and ⟧.
 
 Run it once before a sweep to fill the cache (~/.cache/ftgrid/data, or $FTGRID_DATA_CACHE): every
 cell with the same dataset, tier, tokenizer, template, seq_len and task then loads it.
@@ -17,20 +21,28 @@ import dataclasses
 import json
 import math
 import sys
+from ftgrid import validate
 from ftgrid.cli import CliParser
+from ftgrid.errors import one_line
+from ftgrid.schema import LIMITS
+from ftgrid.data_prep.tokenization import TRAINED_CLOSE, TRAINED_OPEN
 
 
 def parse_args(argv):
     p = CliParser(prog="python -m data_prep", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--dataset", help="NAME[:TIER] from the catalogue, a local file/folder[:TIER], hf:OWNER/NAME")
-    p.add_argument("--model", default="pythia-tiny", help="registry entry: its tokenizer and kind (default "
-                   "pythia-tiny)")
+    p.add_argument("--model", default=None, help="registry name, model folder or hub id: its tokenizer and kind "
+                   "(default pythia-tiny)")
     p.add_argument("--tokenizer", help="tokenizer folder or hub id instead of the model's")
     p.add_argument("--task", help="sft | dpo | token-classification | summarization (default: the dataset's)")
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--eval-rows", type=int, default=0, help="0 = the dataset's default")
-    p.add_argument("--template", help="chat template: tokenizer (its own), alpaca, chatml, plain")
+    p.add_argument("--seq-len", type=validate.arg_int(1, LIMITS["seq_len"][1]), default=None, help="default 512 (a --cell: its seq_len)")
+    p.add_argument("--eval-rows", type=validate.arg_int(0, LIMITS["eval_rows"][1]), default=None, help="0 = the dataset's default")
+    p.add_argument("--cell", help="a cell.yaml: its dataset, model, task, seq_len, template, prompt, columns "
+                   "and packing (flags given here win)")
+    p.add_argument("--template", help="chat template: tokenizer (its own), alpaca, chatml, plain, or a Jinja file")
+    p.add_argument("--prompt", help='the user turn with named fields, e.g. "Summarize: {document}"')
+    p.add_argument("--columns", help="rename columns to a known layout, e.g. instruction=Input,output=Output")
     p.add_argument("--train-on", default="responses", choices=["responses", "last", "all"])
     p.add_argument("--truncation", default="right", choices=["right", "left", "drop"])
     p.add_argument("--label-policy", default="first", choices=["first", "all"])
@@ -39,7 +51,7 @@ def parse_args(argv):
     p.add_argument("--format", help="force a format adapter instead of detecting it from the columns")
     p.add_argument("--cache-dir", help="default $FTGRID_DATA_CACHE or ~/.cache/ftgrid/data")
     p.add_argument("--no-cache", action="store_true", help="build in memory, read and write no cache")
-    p.add_argument("--num-proc", type=int, help="processes for map (default: several when rows are many)")
+    p.add_argument("--num-proc", type=validate.arg_int(1, 256), help="processes for map (default: several when rows are many)")
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
     p.add_argument("--list", action="store_true", help="print the catalogue and exit")
     return p.parse_args(argv)
@@ -52,14 +64,57 @@ def load_tokenizer(model: str, path: str | None):
 
     spec = model_spec(model)
     if path:
-        spec = dataclasses.replace(spec, hub_id=path)
-    source = spec.hub_id or "the project's tiny tokenizer"
+        spec = dataclasses.replace(spec, hub_id=path, tokenizer=path)
+    source = spec.tokenizer or spec.hub_id or "the project's tiny tokenizer"
     try:
         return spec, load_model_tokenizer(spec)
     except Exception as e:  # noqa: BLE001 - hub errors come in many types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise SystemExit(f"error: could not load the tokenizer of {model} ({source}); offline there is no model "
                          f"hub: pass --tokenizer PATH to a local copy ({first})")
+
+
+def from_cell(args) -> None:
+    """Fill what the command line left open from a cell.yaml, so the preview is that cell's data."""
+    if not args.cell:
+        args.model, args.seq_len = args.model or "pythia-tiny", args.seq_len or 512
+        args.eval_rows = args.eval_rows or 0
+        return
+    from ftgrid import schema
+    cfg = schema.load(args.cell)
+    for key, value in (("dataset", cfg.dataset), ("model", cfg.model), ("task", cfg.task), ("seq_len", cfg.seq_len),
+                       ("eval_rows", cfg.eval_rows), ("template", cfg.template), ("prompt", cfg.prompt),
+                       ("columns", cfg.columns)):
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.packing is None and cfg.effective_packing() != "none":
+        args.packing = cfg.effective_packing()
+
+
+def shaping(args, task: str) -> dict:
+    """--template/--prompt/--columns, checked by the run-config schema exactly as a cell's keys are."""
+    from ftgrid.data_prep.prepare import data_shaping
+    from ftgrid.schema import RunConfig
+    cfg = RunConfig(task=task, template=args.template or "", prompt=args.prompt or "", columns=args.columns or "")
+    cfg._validate_data_shaping()
+    return data_shaping(cfg)
+
+
+def first_example(prep, tokenizer, task: str) -> str:
+    """The first training row as text; packed rows are cut to their first example (position ids restart)."""
+    from ftgrid.data_prep.tokenization import marked_text
+    if len(prep.train) == 0 or task == "token-classification":
+        return ""
+    first = prep.train[0]
+    if task == "dpo":
+        return (f"{first['prompt']}{TRAINED_OPEN}{first['chosen']}{TRAINED_CLOSE}\n  (rejected: "
+                f"{TRAINED_OPEN}{first['rejected']}{TRAINED_CLOSE})")
+    ids, labels = list(first["input_ids"]), list(first["labels"])
+    positions = first.get("position_ids")
+    if positions is not None:
+        end = next((i for i in range(1, len(positions)) if positions[i] == 0), len(positions))
+        ids, labels = ids[:end], labels[:end]
+    return marked_text(tokenizer, ids, labels)
 
 
 def histogram(lengths: list[int], seq_len: int) -> list[str]:
@@ -93,8 +148,8 @@ def main(argv=None) -> int:
     if args.list:
         print_catalog()
         return 0
-    if not args.dataset:
-        print("error: --dataset is required (or --list)", file=sys.stderr)
+    if not args.dataset and not args.cell:
+        print("error: --dataset is required (or --cell, or --list)", file=sys.stderr)
         return 2
     import datasets
 
@@ -104,19 +159,20 @@ def main(argv=None) -> int:
 
     datasets.disable_progress_bars()
     try:
+        from_cell(args)
         request = parse(args.dataset)
         spec, tok = load_tokenizer(args.model, args.tokenizer)
         task = args.task or request.entry.task or "sft"
         prep = prepare(request, task=task, tokenizer=tok, seq_len=args.seq_len, eval_rows=args.eval_rows,
-                       model_kind=spec.kind, packing=args.packing or False, template=args.template,
+                       model_kind=spec.kind, packing=args.packing or False,
                        train_on=args.train_on, truncation=args.truncation, label_policy=args.label_policy,
                        format=args.format, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                       num_proc=args.num_proc)
+                       num_proc=args.num_proc, **shaping(args, task))
     except SystemExit as e:
         print(e.code, file=sys.stderr)
         return 2
     except (DataError, ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     stats = dataclasses.asdict(prep.stats)
     if args.json:
@@ -143,6 +199,10 @@ def main(argv=None) -> int:
         print("  length histogram (tokens per train row" + (", packed" if s.packed_rows else "") + "):")
         print("\n".join(histogram(lengths, args.seq_len)))
     print(f"  cache: {prep.cache_path or 'off'}" + (" (hit)" if s.from_cache else ""))
+    preview = first_example(prep, tok, task)
+    if preview:
+        print(f"first training example (tokens with a loss between {TRAINED_OPEN} and {TRAINED_CLOSE}):")
+        print(preview)
     return 0
 
 

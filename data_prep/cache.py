@@ -61,6 +61,17 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:24]
 
 
+def process_start() -> float:
+    """When this process started (epoch seconds; Linux /proc), else now."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
 def _lock(path: Path):
     from filelock import FileLock
 
@@ -68,13 +79,18 @@ def _lock(path: Path):
 
 
 def get_or_build(root: Path, k: str, build: Callable[[Path], None], *, rank: int | None = None,
-                 timeout: float | None = None, label: str = "") -> tuple[Path, bool]:
-    """(folder of entry `k`, built_here). `build(tmp_folder)` writes the entry's files."""
-    root.mkdir(parents=True, exist_ok=True)
+                 timeout: float | None = None, label: str = "",
+                 check: Callable[[], None] | None = None) -> tuple[Path, bool]:
+    """(folder of entry `k`, built_here). `build(tmp_folder)` writes the entry's files. `check()` runs on
+    every rank before anything is locked or waited for when the entry is not built yet: bad input (an
+    empty or broken data file) then fails every rank at once with the same error and leaves no files."""
     final, failed = root / k, root / f"{k}.failed"
     rank = local_rank() if rank is None else rank
     if final.is_dir():
         return final, False
+    if check is not None:
+        check()
+    root.mkdir(parents=True, exist_ok=True)
     if rank != 0:
         return wait_for(root, k, timeout=timeout, label=label), False
     with _lock(root / f"{k}.lock"):
@@ -99,7 +115,9 @@ def wait_for(root: Path, k: str, *, timeout: float | None = None, label: str = "
     final, failed = root / k, root / f"{k}.failed"
     started = time.time()
     limit = DEFAULT_WAIT if timeout is None else timeout
-    stale = failed.stat().st_mtime if failed.exists() else None  # a failure from an earlier run
+    # A failure written before this run's processes started is an earlier run's (rank 0 retries it); one
+    # written since, even before this rank got here, is this run's.
+    stale = failed.stat().st_mtime if failed.exists() and failed.stat().st_mtime < process_start() - 60 else None
     while not final.is_dir():
         if failed.exists() and failed.stat().st_mtime != stale:
             raise DataError(f"rank 0 failed to prepare {label or k}: {failed.read_text().strip()}")

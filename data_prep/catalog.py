@@ -2,7 +2,9 @@
 
 `NAME[:TIER]` where TIER is a named tier (small, medium, large, xlarge), a row count (`:500`) or a
 fraction (`:0.25`). A local json/jsonl/csv/parquet/arrow file or folder works too (`path[:TIER]`),
-and so does any hub data set by id (`hf:owner/name[:TIER]`, needs a network).
+and so does any hub data set by id (`hf:owner/name[:TIER]`, needs a network). `@SPLIT` picks the split
+of a hub data set or of a local folder of split files (`hf:HuggingFaceH4/ultrachat_200k@train_gen:small`,
+`data/ultrachat@train_sft`; `a+b` concatenates); without it, `train` is read.
 Named tiers of hub entries are decades of the full set (pii 2.1K/21K/209K); shipped samples have
 their own small tiers. `python -m data_prep --list` prints the catalogue.
 Tiers are nested: the same shuffle (fixed data seed) is cut at increasing lengths, so
@@ -12,8 +14,11 @@ before the tiers are cut, so every tier of a dataset is evaluated on the same ro
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from ftgrid.validate import NAME_MAX
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 TIER_NAMES = ("small", "medium", "large", "xlarge")
@@ -138,9 +143,18 @@ class DatasetRequest:
             elif isinstance(wanted, float):
                 wanted = max(1, int(round(wanted * available)))
             return min(wanted, available)
+        # A tier the user typed is taken at its word: too many rows, or a fraction that selects none,
+        # is an error, not a silently different data set (named tiers are approximate sizes: capped).
         if isinstance(tier, float):
-            return max(1, int(round(tier * available)))
-        return min(tier, available)
+            rows = int(round(tier * available))
+            if rows < 1:
+                raise DataError(f"dataset {self.label}: a fraction of {tier:g} selects 0 of the {available} "
+                                f"training rows")
+            return rows
+        if tier > available:
+            raise DataError(f"dataset {self.label} asks for {tier} training rows; it has at most {available} (after "
+                            f"the eval hold-out)")
+        return tier
 
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".arrow")
@@ -149,6 +163,9 @@ LOCAL_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".arrow")
 def parse(spec: str) -> DatasetRequest:
     """`wordnet:small`, `alpaca`, `path/to/file.jsonl:500`, `dir/:0.5`, `hf:owner/name:small` -> request."""
     spec = str(spec)
+    if any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX for part in Path(spec).parts):
+        # pathlib raises OSError (not False) when asked whether such a name exists
+        raise DataError(f"dataset {spec[:60]!r}... holds a name longer than a filesystem takes ({NAME_MAX} bytes)")
     name, tier_text = spec, ""
     if ":" in spec:
         head, _, tail = spec.rpartition(":")
@@ -158,16 +175,26 @@ def parse(spec: str) -> DatasetRequest:
     if not name:
         raise DataError(f"empty dataset name in {spec!r}")
     tier = _parse_tier(tier_text, spec) if tier_text else None
+    name, split = _split_suffix(name, spec)
     if name in CATALOG:
         entry = CATALOG[name]
         if isinstance(tier, str) and entry.tiers and tier not in entry.tiers:
             raise DataError(f"dataset {name!r} has no tier {tier!r}; valid: {', '.join(entry.tiers)}, a row "
                             f"count or a fraction")
+        if split:  # e.g. ultrachat@train_gen: the catalogue's source, another split (same eval split)
+            entry = replace(entry, name=f"{entry.name}@{split}", split=split)
         return DatasetRequest(entry, tier)
     if name.startswith("hf:"):  # any hub data set by id (format detected from its columns)
         hub_id = name[3:]
-        return DatasetRequest(DatasetEntry(hub_id, hub_id, "auto", eval_rows=500, task=""), tier)
+        return DatasetRequest(DatasetEntry(hub_id, hub_id, "auto", eval_rows=500, task="", split=split or "train"),
+                              tier)
     path = Path(name)
+    if split and not path.is_dir():
+        raise DataError(f"dataset {spec!r}: @{split} picks a split of a hub data set (hf:OWNER/NAME@SPLIT) or of "
+                        f"a folder of split files; {name} is not a folder")
+    if split:
+        return DatasetRequest(DatasetEntry(f"{path.name}@{split}", str(path.resolve()), "auto", task="",
+                                           split=split), tier)
     if path.suffix in LOCAL_SUFFIXES or path.exists():
         if not path.exists():
             raise DataError(f"data file not found: {name}")
@@ -177,6 +204,20 @@ def parse(spec: str) -> DatasetRequest:
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise DataError(f"unknown dataset {name!r}{hint}; valid: {', '.join(CATALOG)}, hf:OWNER/NAME, or a local "
                     f".json/.jsonl/.csv/.parquet/.arrow file or folder")
+
+
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9_.-]+(\+[A-Za-z0-9_.-]+)*$")
+
+
+def _split_suffix(name: str, spec: str) -> tuple[str, str | None]:
+    """`hf:owner/name@train_gen` -> (`hf:owner/name`, `train_gen`); a path that exists as typed keeps its @."""
+    if "@" not in name or Path(name).exists():
+        return name, None
+    head, _, split = name.rpartition("@")
+    if not head or not SPLIT_NAME.match(split):
+        raise DataError(f"bad split {split!r} in {spec!r}: NAME@SPLIT with a split name like train_gen or "
+                        f"train+validation")
+    return head, split
 
 
 def _numeric(text: str) -> bool:

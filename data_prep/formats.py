@@ -14,6 +14,9 @@ few also look at the first row, e.g. LIMA's list of strings vs ShareGPT's list o
 (`formats.adapt(ds, "dolly")`). An unknown layout fails with one line: the columns found and the
 layouts expected. Most adapters are row functions; `oasst1` works on the whole table (message trees
 -> the rank-0 path through each tree).
+
+A file in no known layout is mapped onto one by renaming its columns (`columns:
+instruction=Input,output=Output` makes an Alpaca table of `Input`/`Output`; see `rename_columns`).
 """
 from __future__ import annotations
 
@@ -304,6 +307,21 @@ ALIASES = {"alpaca-cleaned": "alpaca", "ultrachat": "messages", "sharegpt": "evo
 NAMED_ONLY = {"hc3-chatgpt"}
 
 
+def rename_columns(ds, mapping: dict[str, str], label: str = "the dataset"):
+    """`ds` with columns renamed {source: layout name} (schema.parse_columns). A source column that is not
+    there, or a layout name the table already has under another column, is one line naming the columns."""
+    if not mapping:
+        return ds
+    have = list(ds.column_names)
+    missing = [source for source in mapping if source not in have]
+    if missing:
+        raise DataError(f"columns: {label} has no column {missing[0]!r}; its columns: {', '.join(have)}")
+    taken = [t for t in mapping.values() if t in have and t not in mapping]
+    if taken:
+        raise DataError(f"columns: {label} already has a column {taken[0]!r}; map that one too or drop it")
+    return ds.rename_columns(mapping)
+
+
 def _expected(task: str | None) -> str:
     return "; ".join(f"{f.name}: {'+'.join(sorted(f.columns))}" for f in FORMATS.values()
                      if f.name not in NAMED_ONLY and (task is None or f.task == task))
@@ -324,7 +342,8 @@ def detect(columns, first_row: dict | None = None, task: str | None = None) -> s
     if found:
         return found[0].name
     raise DataError(f"no known format matches columns {', '.join(sorted(columns)) or '(none)'}; "
-                    f"expected {_expected(task)}")
+                    f"expected {_expected(task)}; or map yours onto one with columns (e.g. "
+                    f"--columns instruction=Input,output=Output)")
 
 
 def get(name: str, columns, first_row: dict | None = None, task: str | None = None) -> Format:

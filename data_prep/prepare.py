@@ -12,8 +12,7 @@ changes it; in multi-process runs the local rank 0 builds while the others wait 
 collective, see cache.py).
 
 Ordering: the Trainer shuffles; `group_by_length=True` in TrainingArguments groups similar lengths
-(prep.lengths gives them; packing.length_grouped_order does the same by hand). NEFTune is the
-Trainer's `neftune_noise_alpha` (e.g. 5): nothing to do here.
+(prep.lengths gives them). NEFTune is the Trainer's `neftune_noise_alpha` (e.g. 5): nothing to do here.
 """
 from __future__ import annotations
 
@@ -31,7 +30,7 @@ import numpy as np
 from ftgrid.data_prep import cache, formats, packing as packing_mod, sources, templates, tokenization
 from ftgrid.data_prep.catalog import DataError, DatasetRequest, parse
 
-VERSION = 1          # bump when the output of a given input changes: old cache entries are then ignored
+VERSION = 2          # bump when the output of a given input changes: old cache entries are then ignored
 DATA_SEED = 1234     # the shuffle that cuts tiers and the eval hold-out: fixed, not the run's seed
 MODEL_KINDS = ("causal", "seq2seq", "encoder")
 NUM_PROC_MIN_ROWS = 20_000  # below this a single process tokenizes faster than a pool starts
@@ -112,6 +111,9 @@ def select_rows(request: DatasetRequest, keys, eval_keys=None, eval_rows: int = 
         ekept, einvalid, edup, _ = dedupe(eval_keys)
         invalid, duplicates = invalid + einvalid, duplicates + edup
         eorder = shuffled(ekept)
+        if eval_rows > len(eorder):  # asked for by the user: never silently fewer
+            raise DataError(f"dataset {request.label} has {len(eorder)} usable eval rows, fewer than eval_rows "
+                            f"{eval_rows}")
         eval_idx = eorder[: min(eval_rows or request.entry.eval_rows, len(eorder))]
         held = {eval_keys[i] for i in eval_idx}
         rest = [i for i in order if keys[i] not in held]  # a train row equal to an eval row is a duplicate
@@ -131,11 +133,12 @@ class Options:
     """The knobs of one preparation (all of them go into the cache key)."""
 
     def __init__(self, *, task, seq_len, eval_rows, model_kind, template, train_on, truncation, label_policy,
-                 target_len, source_prefix, format):
+                 target_len, source_prefix, format, columns=None, prompt=""):
         self.task, self.seq_len, self.eval_rows, self.model_kind = task, seq_len, eval_rows, model_kind
         self.template, self.train_on, self.truncation = template, train_on, truncation
         self.label_policy, self.target_len, self.source_prefix, self.format = (
             label_policy, target_len, source_prefix, format)
+        self.columns, self.prompt = dict(columns or {}), prompt or ""
 
     def as_dict(self):
         return dict(vars(self))
@@ -165,14 +168,16 @@ def _validate(request: DatasetRequest, o: Options) -> None:
 
 def _encoder(o: Options, tokenizer, jinja_name: str, jinja: str, label_names):
     if o.task == "dpo":
-        return tokenization.DPOEncoder(tokenizer, jinja, o.seq_len, adds_bos=templates.adds_bos(tokenizer))
+        return tokenization.DPOEncoder(tokenizer, jinja, o.seq_len, adds_bos=templates.adds_bos(tokenizer),
+                                       prompt=o.prompt)
     bos = o.model_kind == "causal" and templates.needs_bos(tokenizer, jinja_name)
     if o.task == "token-classification":
         return tokenization.TokenClassEncoder(tokenizer, o.seq_len, label_names, o.label_policy)
     if o.task == "summarization" and o.model_kind == "seq2seq":
-        return tokenization.Seq2SeqEncoder(tokenizer, o.seq_len, o.target_len or o.seq_len, o.source_prefix)
+        return tokenization.Seq2SeqEncoder(tokenizer, o.seq_len, o.target_len or o.seq_len, o.source_prefix,
+                                           prompt=o.prompt)
     return tokenization.CausalEncoder(tokenizer, jinja, o.seq_len, bos=bos, truncation=o.truncation,
-                                      train_on=o.train_on, summarize=o.task == "summarization")
+                                      train_on=o.train_on, summarize=o.task == "summarization", prompt=o.prompt)
 
 
 def _map_kwargs(scratch: Path | None, name: str) -> dict:
@@ -210,8 +215,9 @@ def build(request: DatasetRequest, tokenizer, o: Options, *, num_proc=None, key:
           scratch: Path | None = None):
     """(train, eval, meta) for one request; intermediate tables in `scratch` (a folder) or memory."""
     entry = request.entry
-    raw = sources.load(entry, entry.split, request.label)
-    raw_eval = sources.load(entry, entry.eval_split, request.label) if entry.eval_split else None
+    raw = formats.rename_columns(sources.load(entry, entry.split, request.label), o.columns, request.label)
+    raw_eval = (formats.rename_columns(sources.load(entry, entry.eval_split, request.label), o.columns, request.label)
+                if entry.eval_split else None)
     if len(raw) == 0:
         raise DataError(f"dataset {request.label} is empty")
     fmt = formats.get(o.format or entry.format, raw.column_names, raw[0], o.task)
@@ -277,10 +283,31 @@ def collator_for(task: str, model_kind: str, tokenizer, packing: str | None, pad
                                   pad_to_multiple_of=pad_to_multiple_of)
 
 
+def generation_encoder(tokenizer, *, task: str, model_kind: str = "causal", template: str | None = None,
+                       prompt: str = "", **_):
+    """The encoder training uses for a causal model, for rendering generation prompts (prompt_ids)."""
+    if model_kind != "causal" or task not in ("sft", "dpo", "summarization"):
+        raise DataError(f"generation renders prompts for causal sft, dpo and summarization models, not {task} "
+                        f"with a {model_kind} model")
+    o = Options(task="sft" if task == "dpo" else task, seq_len=2**31, eval_rows=0, model_kind=model_kind,
+                template=template, train_on="responses", truncation="right", label_policy="first", target_len=None,
+                source_prefix="", format=None, prompt=prompt)
+    jinja_name, jinja = templates.resolve(tokenizer, template)
+    return _encoder(o, tokenizer, jinja_name, jinja, None)
+
+
+def data_shaping(cfg) -> dict:
+    """A run config's data-shaping keys (template, prompt, columns) as prepare() takes them: the entrypoint
+    and `python -m data_prep --cell` prepare a cell's data with the same call."""
+    from ftgrid.schema import parse_columns
+    return dict(template=cfg.template or None, prompt=cfg.prompt, columns=parse_columns(cfg.columns))
+
+
 def prepare(dataset, *, task: str, tokenizer, seq_len: int, eval_rows: int = 0, model_kind: str = "causal",
             packing=False, template: str | None = None, train_on: str = "responses", truncation: str = "right",
             label_policy: str = "first", target_len: int | None = None, source_prefix: str = "",
-            format: str | None = None, cache_dir=None, use_cache: bool = True, num_proc: int | None = None,
+            format: str | None = None, columns: dict | None = None, prompt: str = "", cache_dir=None,
+            use_cache: bool = True, num_proc: int | None = None,
             rank: int | None = None, wait_timeout: float | None = None,
             pad_to_multiple_of: int | None = None) -> Prepared:
     """Tokenized train/eval data for `task` (sft, dpo, token-classification, summarization).
@@ -297,12 +324,14 @@ def prepare(dataset, *, task: str, tokenizer, seq_len: int, eval_rows: int = 0, 
     truncation: right | left | drop (sft); summarization always shortens the document first.
     label_policy: first | all (token classification, see tokenization.py).
     target_len: seq2seq target length (default seq_len).
+    columns: {source column: layout column} renamed before the format is detected (schema.parse_columns).
+    prompt: the user turn with named fields ({document} for summarization, {instruction} for sft/dpo).
     cache_dir / use_cache: see cache.py. rank: the local rank (default from LOCAL_RANK/RANK).
     """
     request = dataset if isinstance(dataset, DatasetRequest) else parse(dataset)
     o = Options(task=task, seq_len=int(seq_len), eval_rows=int(eval_rows or 0), model_kind=model_kind,
                 template=template, train_on=train_on, truncation=truncation, label_policy=label_policy,
-                target_len=target_len, source_prefix=source_prefix, format=format)
+                target_len=target_len, source_prefix=source_prefix, format=format, columns=columns, prompt=prompt)
     _validate(request, o)
     mode = packing_mod.normalize(packing)
     if mode and not (model_kind == "causal" and task in ("sft", "summarization")):
@@ -323,7 +352,9 @@ def prepare(dataset, *, task: str, tokenizer, seq_len: int, eval_rows: int = 0, 
         def make(tmp: Path):
             _save(tmp, *build(request, tokenizer, o, num_proc=num_proc, key=key, scratch=tmp / "scratch"))
             shutil.rmtree(tmp / "scratch", ignore_errors=True)
-        folder, built = cache.get_or_build(root, key, make, rank=rank, timeout=wait_timeout, label=request.label)
+        folder, built = cache.get_or_build(root, key, make, rank=rank, timeout=wait_timeout, label=request.label,
+                                           check=lambda: sources.check_files(sources.local_files(request.entry),
+                                                                             request.label))
         from_cache = not built
         train, eval_ds, meta = _load(folder)
     stats = DataStats(**meta["stats"])

@@ -50,6 +50,58 @@ def _one_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+def short(name: str, limit: int = 64) -> str:
+    """A file or dataset name for a one-line message (a 240-character file name would fill the line)."""
+    name = str(name)
+    return name if len(name) <= limit else f"{name[:limit - 20]}...{name[-17:]}"
+
+
+def first_bad_json_line(path: Path) -> tuple[int, str] | None:
+    """(line number, what is wrong) of the first line of a JSON-lines file that is not a JSON object;
+    None when the file is one JSON document or every line is an object."""
+    import json
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_bytes())
+            return None
+        except ValueError:
+            pass  # not one document: JSON lines
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.rstrip(b"\r\n"))
+            except ValueError as e:
+                return number, f"not valid JSON ({getattr(e, 'msg', e)}, column {getattr(e, 'colno', '?')})"
+            if not isinstance(row, dict):
+                return number, f"a JSON {type(row).__name__}, not an object of columns"
+    return None
+
+
+def check_files(files: list[Path], label: str) -> None:
+    """Empty files, and the first JSON line that is not an object, as one DataError naming the file."""
+    for path in files:
+        if path.stat().st_size == 0 or (path.stat().st_size < 4096 and not path.read_bytes().strip()):
+            raise DataError(f"dataset {short(label)}: {short(path.name)} is empty")
+        if path.suffix in (".json", ".jsonl"):
+            bad = first_bad_json_line(path)
+            if bad:
+                raise DataError(f"dataset {short(label)}: {short(path.name)} line {bad[0]}: {bad[1]}")
+
+
+def local_files(entry: DatasetEntry, split: str | None = None) -> list[Path]:
+    """The data files a local entry reads for `split` (all splits when None); [] for hub and saved datasets."""
+    path = _local(entry)
+    if path is None or (path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists())):
+        return []
+    if path.is_file():
+        return [path]
+    by_split = _split_files(path)
+    names = split.split("+") if split else list(by_split)
+    return [f for name in names for f in by_split.get(name, [])]
+
+
 def load(entry: DatasetEntry, split: str | None = None, label: str | None = None) -> datasets.Dataset:
     """Rows of one split (`a+b` concatenates) as a datasets.Dataset, in source order."""
     import datasets
@@ -63,6 +115,8 @@ def load(entry: DatasetEntry, split: str | None = None, label: str | None = None
         if path.is_file():
             if split not in ("train", entry.split):
                 raise DataError(f"dataset {label} is one file ({path.name}); it has no split {split!r}")
+            if path.stat().st_size == 0:  # datasets' json reader dies on it with a bare StopIteration
+                raise DataError(f"dataset {short(label)}: {short(path.name)} is empty")
             return datasets.load_dataset(BUILDERS[path.suffix], data_files=str(path), split="train")
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             loaded = datasets.load_from_disk(str(path))
@@ -81,8 +135,11 @@ def load(entry: DatasetEntry, split: str | None = None, label: str | None = None
         return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     except DataError:
         raise
-    except (FileNotFoundError, ValueError, OSError, KeyError) as e:
-        raise DataError(f"cannot read dataset {label}: {_one_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - datasets fails in many types (DatasetGenerationError, StopIteration)
+        files = local_files(entry, split)
+        check_files(files, label)  # names the empty file or the bad line when that is the cause
+        where = f" ({short(files[0].name)})" if len(files) == 1 else ""
+        raise DataError(f"cannot read dataset {short(label)}{where}: {_one_line(e)}") from None
 
 
 def _hub(entry: DatasetEntry, split: str, label: str) -> datasets.Dataset:

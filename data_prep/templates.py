@@ -2,7 +2,9 @@
 
 `template=None` uses the tokenizer's own chat template when it has one, else `alpaca`. A named
 template (`alpaca`, `chatml`, `plain`) is a Jinja string rendered by the tokenizer's own
-`apply_chat_template(..., chat_template=...)`, so both paths behave the same.
+`apply_chat_template(..., chat_template=...)`, so both paths behave the same. A path to a Jinja file
+(or an inline Jinja string) is the user's own template: a variable it uses that a chat template is
+never given (a typo like `mesages`) fails with one line before anything is tokenized.
 
 `segments(tokenizer, messages, template)` cuts a rendered conversation into (text, trainable)
 pieces: assistant turns are trainable, everything else (system, user, the template's own markup)
@@ -10,6 +12,9 @@ is not. It renders prefixes of the conversation and requires each to extend the 
 template that rewrites earlier turns (some strip old reasoning, for instance) fails with one line.
 """
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 from ftgrid.data_prep.catalog import DataError
 
@@ -41,6 +46,28 @@ NAMED = {
     ),
 }
 DEFAULT_NAMED = "alpaca"
+# What a chat template is rendered with (transformers' apply_chat_template: the messages, the flags, the
+# tokenizer's special tokens) and Jinja's own globals; any other free variable would render as nothing.
+TEMPLATE_VARIABLES = frozenset({
+    "messages", "add_generation_prompt", "tools", "documents", "raise_exception", "strftime_now", "bos_token",
+    "eos_token", "pad_token", "unk_token", "sep_token", "cls_token", "mask_token", "additional_special_tokens",
+    "range", "dict", "lipsum", "cycler", "joiner", "namespace"})
+
+
+def check_variables(jinja: str, where: str) -> None:
+    """Refuse a user template with a syntax error or a variable it is never given (StrictUndefined, but
+    before rendering: the first row would otherwise be the one to find it)."""
+    import jinja2
+    from jinja2 import meta
+
+    try:
+        names = meta.find_undeclared_variables(jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(jinja))
+    except jinja2.TemplateSyntaxError as e:
+        raise DataError(f"template {where} line {e.lineno}: {e.message}") from None
+    unknown = sorted(names - TEMPLATE_VARIABLES)
+    if unknown:
+        raise DataError(f"template {where} uses undefined {', '.join(unknown)}; a chat template is given: "
+                        f"messages, add_generation_prompt and the special tokens (bos_token, eos_token, ...)")
 
 
 def resolve(tokenizer, template: str | None) -> tuple[str, str]:
@@ -58,8 +85,17 @@ def resolve(tokenizer, template: str | None) -> tuple[str, str]:
     if template in NAMED:
         return template, NAMED[template]
     if "{%" in template or "{{" in template:  # a Jinja string given inline
+        check_variables(template, "(inline)")
         return "custom", template
-    raise DataError(f"unknown chat template {template!r}; valid: tokenizer (its own), {', '.join(NAMED)}")
+    if os.path.isfile(template):
+        try:
+            text = Path(template).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read template {template}: {e}") from None
+        check_variables(text, template)
+        return f"file:{Path(template).name}", text
+    raise DataError(f"unknown chat template {template!r}; valid: tokenizer (its own), {', '.join(NAMED)} or a "
+                    f"path to a Jinja file")
 
 
 def adds_bos(tokenizer) -> bool:

@@ -14,6 +14,10 @@ bookkeeping columns (`_truncated`, `_keep`) from which prepare() counts truncate
   or `all` (continuations carry I-tags); -100 on special tokens.
 - dpo: text columns `prompt` (rendered with the template's generation prompt), `chosen`,
   `rejected` (the responses as the template renders them, eos included) for trl's DPOTrainer.
+
+`prompt` (the run config's `prompt:`) rewrites the user turn with named fields: summarization
+"Summarize: {document}" (default SUMMARIZE_PROMPT), sft/dpo "Answer briefly. {instruction}".
+`marked_text` shows a tokenized row with its trained tokens marked (what `python -m data_prep` prints).
 """
 from __future__ import annotations
 
@@ -26,6 +30,30 @@ IGNORE_INDEX = -100
 TRUNCATION = ("right", "left", "drop")
 LABEL_POLICIES = ("first", "all")
 MIN_DOCUMENT_TOKENS = 32  # summarization: drop a row rather than keep less of its document than this
+TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"  # around the tokens with a loss in a preview
+
+
+def with_prompt(messages: list[dict], prompt: str) -> list[dict]:
+    """Every user turn as `prompt` with {instruction} = the turn's text ("" prompt: unchanged)."""
+    if not prompt:
+        return messages
+    return [{**m, "content": prompt.format(instruction=m["content"])} if m["role"] == "user" else m
+            for m in messages]
+
+
+def marked_text(tokenizer, ids: list[int], labels: list[int]) -> str:
+    """The decoded row, with each run of trained tokens (label != -100) between ⟦ and ⟧."""
+    out, run, trained = [], [], None
+    for token, label in zip(list(ids) + [None], list(labels) + [None]):
+        state = None if token is None else label != IGNORE_INDEX
+        if run and state != trained:
+            text = tokenizer.decode(run)
+            out.append(f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained else text)
+            run = []
+        if token is not None:
+            run.append(token)
+        trained = state
+    return "".join(out)
 
 
 def _out(keys):
@@ -36,14 +64,14 @@ class CausalEncoder:
     """sft and causal summarization."""
 
     def __init__(self, tokenizer, jinja: str, seq_len: int, *, bos: bool, truncation: str = "right",
-                 train_on: str = "responses", summarize: bool = False):
+                 train_on: str = "responses", summarize: bool = False, prompt: str = ""):
         self.tok, self.jinja, self.seq_len, self.bos = tokenizer, jinja, seq_len, bos
-        self.truncation, self.train_on, self.summarize = truncation, train_on, summarize
+        self.truncation, self.train_on, self.summarize, self.prompt = truncation, train_on, summarize, prompt
 
     def _messages(self, rec: dict) -> list[dict]:
         if not self.summarize:
-            return rec["messages"]
-        return [{"role": "user", "content": SUMMARIZE_PROMPT.format(document=rec["document"])},
+            return with_prompt(rec["messages"], self.prompt)
+        return [{"role": "user", "content": (self.prompt or SUMMARIZE_PROMPT).format(document=rec["document"])},
                 {"role": "assistant", "content": rec["summary"]}]
 
     def _encode_many(self, conversations: list[list[dict]]) -> list[tuple[list[int], list[int]]]:
@@ -61,6 +89,17 @@ class CausalEncoder:
                 labels += piece if trainable else [IGNORE_INDEX] * len(piece)
             out.append((ids, labels))
         return out
+
+    def prompt_ids(self, rec: dict) -> list[int]:
+        """Generation prompt ids of a record without its response, tokenized exactly as training tokenizes
+        (same pieces, bos, template, prompt): the record with an empty final response, cut where it starts."""
+        rec = {**rec, "summary": ""} if self.summarize else \
+            {**rec, "messages": rec["messages"] + [{"role": "assistant", "content": ""}]}
+        ids, labels = self._encode_many([self._messages(rec)])[0]
+        start = len(labels)
+        while start > 0 and labels[start - 1] != IGNORE_INDEX:
+            start -= 1
+        return ids[:start]
 
     def _fit_document(self, rec: dict, over: int) -> dict | None:
         """Shorten the document by `over` tokens (plus a margin for re-tokenization at the cut); None
@@ -102,12 +141,13 @@ class CausalEncoder:
 
 
 class Seq2SeqEncoder:
-    def __init__(self, tokenizer, seq_len: int, target_len: int, prefix: str = ""):
+    def __init__(self, tokenizer, seq_len: int, target_len: int, prefix: str = "", prompt: str = ""):
         self.tok, self.seq_len, self.target_len, self.prefix = tokenizer, seq_len, target_len, prefix
+        self.prompt = prompt or "{document}"  # a prompt with {document} replaces the bare source text
 
     def __call__(self, batch):
         recs = [json.loads(t) for t in batch["record"]]
-        src = self.tok([self.prefix + r["document"] for r in recs])["input_ids"]
+        src = self.tok([self.prefix + self.prompt.format(document=r["document"]) for r in recs])["input_ids"]
         tgt = self.tok(text_target=[r["summary"] for r in recs])["input_ids"]
         eos = self.tok.eos_token_id
         out = _out(("input_ids", "attention_mask", "labels", "_truncated", "_keep"))
@@ -195,16 +235,18 @@ class DPOEncoder:
     """Text columns for trl's DPOTrainer, which tokenizes `prompt` with the tokenizer's special tokens
     (bos where it adds one): a bos the template wrote as text is removed so it is not doubled."""
 
-    def __init__(self, tokenizer, jinja: str, seq_len: int, *, adds_bos: bool):
+    def __init__(self, tokenizer, jinja: str, seq_len: int, *, adds_bos: bool, prompt: str = ""):
         self.tok, self.jinja, self.seq_len, self.adds_bos = tokenizer, jinja, seq_len, adds_bos
+        self.prompt = prompt
 
     def __call__(self, batch):
         out = _out(("prompt", "chosen", "rejected", "_tokens", "_loss", "_truncated", "_keep"))
         texts = []
         for text in batch["record"]:
             rec = json.loads(text)
-            prompt, chosen = templates.prompt_and_response(self.tok, self.jinja, rec["messages"], rec["chosen"])
-            _, rejected = templates.prompt_and_response(self.tok, self.jinja, rec["messages"], rec["rejected"])
+            turns = with_prompt(rec["messages"], self.prompt)
+            prompt, chosen = templates.prompt_and_response(self.tok, self.jinja, turns, rec["chosen"])
+            _, rejected = templates.prompt_and_response(self.tok, self.jinja, turns, rec["rejected"])
             bos = self.tok.bos_token
             if self.adds_bos and bos and prompt.startswith(bos):
                 prompt = prompt[len(bos):]

@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
 
+from ftgrid import validate
 from ftgrid.cli import CliParser
-from ftgrid.errors import ConfigError
+from ftgrid.errors import ConfigError, one_line
 from ftgrid.schema import parse_lm_eval_tasks as parse_tasks
 
 LM_EVAL_PIN = "lm_eval==0.4.13"
@@ -118,9 +120,32 @@ def evaluate(model_dir: str, *, tasks: list[str], base: str | None = None, inclu
         hint = "" if include_path else " (local task YAMLs need --include-path)"
         raise LmEvalError(f"unknown lm_eval task(s): {', '.join(unknown)}{hint}")
     # `device` goes in model_args only: simple_evaluate(device=...) would pass it a second time.
-    out = lm_eval.simple_evaluate(model="hf", model_args=model_args(model_dir, base, dtype, device), tasks=list(tasks),
-                                  limit=limit, batch_size=batch_size, task_manager=manager, log_samples=False)
+    with no_fork_bootstrap():
+        out = lm_eval.simple_evaluate(model="hf", model_args=model_args(model_dir, base, dtype, device),
+                                      tasks=list(tasks), limit=limit, batch_size=batch_size, task_manager=manager,
+                                      log_samples=False, bootstrap_iters=BOOTSTRAP_ITERS)
     return {} if out is None else flatten(out["results"])
+
+
+# Bootstrapped stderrs (perplexity, F1, ...) resample in this process: lm_eval's default bootstrap forks a
+# multiprocessing.Pool, and a fork after torch's threads started can leave a worker stuck on a lock the
+# fork copied held (seen: a cell hung after training, 0 s of CPU). 1000 resamples in-process take well
+# under a second per metric and give the stderr to about 2%; closed-form stderrs (acc) do not resample.
+BOOTSTRAP_ITERS = 1000
+
+
+@contextlib.contextmanager
+def no_fork_bootstrap():
+    """lm_eval's switch for in-process bootstrap (DISABLE_MULTIPROC), set for the evaluation only."""
+    before = os.environ.get("DISABLE_MULTIPROC")
+    os.environ["DISABLE_MULTIPROC"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("DISABLE_MULTIPROC", None)
+        else:
+            os.environ["DISABLE_MULTIPROC"] = before
 
 
 def table(results: dict) -> str:
@@ -137,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", help="the base an adapter was trained on (local folder)")
     p.add_argument("--tasks", required=True, help="comma list of lm_eval task names")
     p.add_argument("--include-path", help="folder of extra task YAMLs")
-    p.add_argument("--limit", type=int, help="at most N docs per task")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=validate.arg_int(1, 10**9), help="at most N docs per task")
+    p.add_argument("--batch-size", type=validate.arg_int(1, 2**16), default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--out", help="write the results here as JSON")
@@ -149,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             results = evaluate(a.model_dir, tasks=parse_tasks(a.tasks), base=a.base, include_path=a.include_path,
                                limit=a.limit, batch_size=a.batch_size, device=a.device, dtype=a.dtype)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     print(table(results))
     if a.out:

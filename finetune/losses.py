@@ -29,6 +29,8 @@ import types
 import torch
 import torch.nn.functional as F
 
+from ftgrid.execution import loss_fallback
+
 IGNORE_INDEX = -100
 LOSS_KWARGS = ("num_items_in_batch", "ignore_index", "shift_labels")  # consumed here, not by the decoder
 
@@ -140,8 +142,10 @@ def unsupported_reason(model) -> str | None:
     if type(head) is not torch.nn.Linear:
         return f"its output layer is {type(head).__name__}, not a plain Linear (an adapter or quantization on it?)"
     from transformers.integrations import is_deepspeed_zero3_enabled
-    if hasattr(head.weight, "ds_id") or is_deepspeed_zero3_enabled():
-        return "ZeRO-3 partitions the output layer's weight (the loss reads it outside the module's forward)"
+    # the same decision the planner counts (ftgrid.execution): under ZeRO-3 the stock loss runs
+    reason = loss_fallback(hasattr(head.weight, "ds_id") or is_deepspeed_zero3_enabled())
+    if reason:
+        return reason
     if hf.base_model is hf:
         return f"{name} has no separate decoder module"
     config = hf.config

@@ -117,8 +117,9 @@ def random_base(spec: ModelSpec, cfg: RunConfig, tokenizer, path: Path, label_na
                    pad_token_id=tokenizer.pad_token_id)
     if spec.kind == "seq2seq":  # the decoder starts from eos (BART's convention) and must end with it
         special.update(decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=tokenizer.eos_token_id)
-    config = transformers.AutoConfig.for_model(spec.model_type, **spec.hf_config_kwargs(), **special,
-                                               **label_kwargs(label_names))
+    # merged, not splatted side by side: a model read from its config carries its own special token ids
+    config = transformers.AutoConfig.for_model(spec.model_type, **{**spec.hf_config_kwargs(), **special,
+                                                                   **label_kwargs(label_names)})
     torch.manual_seed(cfg.seed)
     model = model_class(spec, cfg).from_config(config, dtype=torch.float32)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:

@@ -28,6 +28,11 @@ from ftgrid.registry import ModelSpec
 from ftgrid.schema import RunConfig
 
 IGNORE_INDEX = -100
+# Run-config optimizer -> TrainingArguments.optim. Fused AdamW: one kernel over all parameters (transformers'
+# own default; also on CPU). bitsandbytes' 8-bit AdamW (paged: states in CUDA unified memory; on CPU
+# bitsandbytes runs it unpaged). Adafactor: transformers' (relative_step off, so lr applies). SGD: torch's.
+OPTIM_NAMES = {"adamw": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit", "paged-adamw-8bit": "paged_adamw_8bit",
+               "adafactor": "adafactor", "sgd": "sgd"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,9 +76,7 @@ def training_args(cfg: RunConfig, spec: ModelSpec, report_to: list[str]):
         warmup_steps=cfg.warmup,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
-        # Fused AdamW: one kernel over all parameters (transformers' own default; also on CPU).
-        optim={"adamw": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit",
-               "paged-adamw-8bit": "paged_adamw_8bit", "adafactor": "adafactor"}[cfg.optimizer],
+        optim=OPTIM_NAMES[cfg.optimizer],
         bf16=dtype == torch.bfloat16 and not cfg.is_lora,  # LoRA: base already in bf16
         fp16=dtype == torch.float16 and not cfg.is_lora,
         use_cpu=not torch.cuda.is_available(),  # DeepSpeed on CPU only works through this flag (gloo)
@@ -131,12 +134,12 @@ def load_data(cfg: RunConfig, spec: ModelSpec, tokenizer) -> Data:
     """Tokenized train/eval sets for the task, through data_prep's `prepare` (tokenized once, cached)."""
     # Every rank calls prepare: local rank 0 builds the cache entry, the others wait for it on disk
     # (no collective, so no NCCL timeout while rank 0 tokenizes).
-    from ftgrid.data_prep.prepare import prepare  # (the package's `prepare` name is shadowed by the module)
+    from ftgrid.data_prep.prepare import data_shaping, prepare  # (the package's `prepare` name is the module)
 
     packing = cfg.effective_packing()
     prep = prepare(cfg.dataset, task=cfg.task, tokenizer=tokenizer, seq_len=cfg.seq_len,
                    eval_rows=cfg.eval_rows, model_kind=spec.kind,
-                   packing=False if packing == "none" else packing)
+                   packing=False if packing == "none" else packing, **data_shaping(cfg))
     stats = prep.stats
     if dataclasses.is_dataclass(stats):
         stats = dataclasses.asdict(stats)
@@ -326,10 +329,18 @@ def prompts_from_eval(eval_ds, limit: int | None = None) -> list[dict]:
     return out
 
 
+def sampling(temperature: float, top_p: float) -> dict:
+    """model.generate's sampling arguments: greedy at temperature 0 (the model's own sampling config off)."""
+    if temperature <= 0:
+        return dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int = 8,
-             synced: bool = False) -> list[dict]:
-    """Greedy continuations, stopping at eos; every rank must call this under ZeRO-3 (synced)."""
+             synced: bool = False, temperature: float = 0.0, top_p: float = 1.0) -> list[dict]:
+    """Continuations stopping at eos: greedy, or sampled when temperature > 0 (with top_p); every rank
+    must call this under ZeRO-3 (synced)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -341,8 +352,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)  # left padding
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             do_sample=False, num_beams=1, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=pad, synced_gpus=synced)
+                             num_beams=1, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+                             synced_gpus=synced, **sampling(temperature, top_p))
         for row in out[:, width:].tolist():
             stopped = tokenizer.eos_token_id in row
             row = row[:row.index(tokenizer.eos_token_id)] if stopped else row

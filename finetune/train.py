@@ -16,13 +16,18 @@ methods: full | lora | qlora | lora-8bit (finetune/models.py). Only rank 0 write
 Exit codes: 0 done, 1 failed, 2 bad config (one `error:` line, nothing written), 3 out of memory
 (status `oom` with the phase, step and peak memory), 4 preempted (status `preempted`).
 
-Preemption and resume: SIGUSR1 (SLURM's `--signal=USR1@<grace>` warning) or SIGTERM sets a flag; at the
-next optimizer step's end every rank (the flag is all-reduced when torch.distributed runs) saves a full
+Preemption and resume: SIGUSR1 (SLURM's `--signal=USR1@<grace>` warning), SIGUSR2 (the warning submitit
+asks for in its arrays) or SIGTERM sets a flag; at the next optimizer step's end every rank (the flag is
+all-reduced when torch.distributed runs) saves a full
 Trainer checkpoint under <out>/checkpoints (weights/adapter, optimizer, scheduler, RNG, step, tokens seen),
 status becomes `preempted` and the process exits 4 so SLURM (--requeue / scontrol requeue) or a sweep
 re-run starts it again. `save_every` N also checkpoints every N steps. A start that finds a complete
 <out>/checkpoints/checkpoint-* resumes from the latest: the Trainer restores the data position and RNG,
 so the resumed run trains the same steps on the same batches as an uninterrupted one.
+
+Hangs: a run that, once training started, makes no progress (no step, eval batch or CPU work) for
+`watchdog_minutes` (default 30; 0 = off) dumps every thread's stack into <out>/logs/stacks-<host>-<pid>.txt,
+is marked `failed` with that reason and exits 1 (see Watchdog).
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ import os
 import resource
 import socket
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -42,16 +48,17 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ftgrid.cli import CliParser  # noqa: E402
+from ftgrid import validate  # noqa: E402
 from ftgrid import schema as run_config  # noqa: E402
 from ftgrid import rundir  # noqa: E402
-from ftgrid.errors import ConfigError  # noqa: E402
+from ftgrid.errors import ConfigError, one_line  # noqa: E402
 from ftgrid.schema import RunConfig  # noqa: E402
 
 EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_OOM, EXIT_PREEMPTED = 1, 2, 3, 4
-# Set by SIGUSR1/SIGTERM (the handler only flags); acted on at the next step end by PreemptCallback.
+# Set by SIGUSR1/SIGUSR2/SIGTERM (the handler only flags); acted on at the next step end by PreemptCallback.
 PREEMPT = {"signal": None, "stopped": False}
 # Where the run is, for status.json when it fails (an OOM reports its phase, step and peak memory).
-PROGRESS = {"phase": "setup", "step": 0}
+PROGRESS = {"phase": "setup", "step": 0, "beat": 0.0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,6 +94,7 @@ def load_config(args) -> RunConfig:
         cfg.output_dir = args.out
     if not cfg.output_dir:
         cfg.output_dir = str(Path("runs") / cfg.name)
+    validate.writable_dir(cfg.output_dir)  # under a file, read-only, /proc, too long: refused before it is made
     if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
         raise ConfigError(f"output directory {cfg.output_dir} is a file")
     return cfg
@@ -98,6 +106,9 @@ def check_dataset(cfg: RunConfig) -> None:
     task = getattr(request.entry, "task", None)
     if request.entry.name in catalog.CATALOG and task and task != cfg.task:
         raise ConfigError(f"dataset {request.entry.name!r} is a {task} dataset, but the task is {cfg.task!r}")
+    if cfg.generate_prompts:  # a bad prompts line fails now, not after training
+        from ftgrid.data_prep.prompts import read_prompts
+        read_prompts(cfg.generate_prompts, cfg.task)
 
 
 def abort_wandb() -> None:
@@ -168,15 +179,26 @@ def setup(cfg: RunConfig):
                 on_gpu=torch.cuda.is_available())
 
 
+def wandb_identity(cfg: RunConfig, run_dir: Path, environ=os.environ) -> dict:
+    """The cell's wandb run: a user's own WANDB_PROJECT wins over the cell's wandb_project, and the run id
+    is derived from the cell (its name and folder), so every start of the cell - a requeue after
+    preemption, a re-run after a failure - continues the same run (resume="allow") instead of a new one."""
+    import hashlib
+    key = f"{cfg.wandb_group}/{cfg.name}/{Path(run_dir).resolve()}"
+    return {"project": environ.get("WANDB_PROJECT") or cfg.wandb_project,
+            "id": hashlib.sha256(key.encode()).hexdigest()[:32]}
+
+
 def start_wandb(cfg: RunConfig, spec, run_dir: Path, mode: str) -> None:
     """One wandb run per cell, from rank 0 only; the Trainer's WandbCallback logs into it (it logs on
     the main process only). Files go under the cell's run directory."""
     import wandb
+    who = wandb_identity(cfg, run_dir)
     os.environ["WANDB_DIR"] = str(run_dir)
     os.environ["WANDB_MODE"] = mode
-    os.environ["WANDB_PROJECT"] = cfg.wandb_project
-    wandb.init(project=cfg.wandb_project, group=cfg.wandb_group or None, name=cfg.name, dir=str(run_dir),
-               mode=mode, job_type=cfg.task, config=cfg.to_dict(),
+    os.environ.setdefault("WANDB_PROJECT", who["project"])  # never overwrite the user's own
+    wandb.init(project=who["project"], id=who["id"], resume="allow", group=cfg.wandb_group or None, name=cfg.name,
+               dir=str(run_dir), mode=mode, job_type=cfg.task, config=cfg.to_dict(),
                tags=[f"model:{cfg.model}", f"method:{cfg.method}", f"task:{cfg.task}", f"family:{spec.family}"])
 
 
@@ -184,12 +206,68 @@ def ProgressCallback():
     import transformers
 
     class _Progress(transformers.TrainerCallback):
+        # Every callback is a heartbeat for the Watchdog.
         def on_step_begin(self, args, state, control, **kwargs):
-            PROGRESS.update(phase="train", step=state.global_step)
+            PROGRESS.update(phase="train", step=state.global_step, beat=time.monotonic())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            PROGRESS.update(beat=time.monotonic())
+
+        def on_substep_end(self, args, state, control, **kwargs):  # a micro batch of gradient accumulation
+            PROGRESS.update(beat=time.monotonic())
+
+        def on_prediction_step(self, args, state, control, **kwargs):  # an eval batch
+            PROGRESS.update(beat=time.monotonic())
 
         def on_evaluate(self, args, state, control, **kwargs):
-            PROGRESS.update(step=state.global_step)
+            PROGRESS.update(step=state.global_step, beat=time.monotonic())
     return _Progress()
+
+
+class Watchdog(threading.Thread):
+    """Turns a hang into a failure: when the run, once training started, makes no progress for `minutes` -
+    no training step, eval batch or log (ProgressCallback's heartbeats) and no CPU work in this process
+    (generating and lm_eval scoring use CPU; a deadlock, such as a forked worker stuck on a lock, uses
+    none) - it writes every thread's stack to <out>/logs/stacks-<host>-<pid>.txt and to stderr, marks the
+    run `failed` saying so (rank 0), ends this process's children and exits 1, so the job's time is not
+    burnt and the log shows where it stood."""
+
+    CPU_SHARE = 0.05  # CPU seconds per wall second below which the process counts as idle
+
+    def __init__(self, minutes: float, run_dir: Path, is_main: bool):
+        super().__init__(name="ftgrid-watchdog", daemon=True)
+        self.limit_s, self.run_dir, self.is_main = minutes * 60, Path(run_dir), is_main
+
+    def run(self) -> None:
+        poll = min(max(self.limit_s / 10, 0.1), 30.0)
+        last_beat, last_cpu, idle_since = PROGRESS["beat"], time.process_time(), time.monotonic()
+        while True:
+            time.sleep(poll)
+            beat, cpu, now = PROGRESS["beat"], time.process_time(), time.monotonic()
+            # setup is not watched: other ranks sleep-poll while rank 0 tokenizes (data_prep's own limit)
+            if beat != last_beat or cpu - last_cpu > self.CPU_SHARE * poll or PROGRESS["phase"] == "setup":
+                idle_since = now
+            last_beat, last_cpu = beat, cpu
+            if now - idle_since >= self.limit_s:
+                self.fail(now - idle_since)
+
+    def fail(self, idle_s: float) -> None:
+        import faulthandler
+        import multiprocessing
+        stacks = self.run_dir / "logs" / f"stacks-{socket.gethostname()}-{os.getpid()}.txt"
+        stacks.parent.mkdir(parents=True, exist_ok=True)
+        with open(stacks, "w") as f:
+            faulthandler.dump_traceback(file=f, all_threads=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        why = (f"no progress for {idle_s / 60:.1f} min (watchdog_minutes {self.limit_s / 60:g}; phase "
+               f"{PROGRESS['phase']}, step {PROGRESS['step']}): stacks in {stacks}")
+        print(f"error: {why}", file=sys.stderr, flush=True)
+        if self.is_main:
+            rundir.write_status(self.run_dir, "failed", error=why, watchdog=True, ended=time.time(),
+                                phase=PROGRESS["phase"], step=PROGRESS["step"])
+        for child in multiprocessing.active_children():  # e.g. the stuck pool's workers
+            child.kill()
+        os._exit(EXIT_FAILED)  # the main thread is stuck: no clean shutdown is possible
 
 
 def on_preempt_signal(signum, frame) -> None:
@@ -200,7 +278,8 @@ def on_preempt_signal(signum, frame) -> None:
 
 def install_signal_handlers() -> None:
     import signal
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
+    # USR1: the kit's own sbatch (--signal=USR1@grace); USR2: what submitit's arrays ask SLURM for.
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
         signal.signal(sig, on_preempt_signal)
 
 
@@ -354,12 +433,20 @@ def finish(cfg: RunConfig, parts: dict, trainer, out: dict, started: float) -> d
                         reference=tokenizer.decode(r["target_ids"]),
                         generation=tokenizer.decode(g["ids"]), new_tokens=len(g["ids"]),
                         stopped_at_eos=g["stopped_at_eos"]) for r, g in zip(rows, gens)]
+    generations = []
+    if cfg.generate_prompts and kind == "causal":  # the user's prompts (generate_prompts / grid --generate)
+        from ftgrid.data_prep.prompts import read_prompts
+        from ftgrid.finetune import generate
+        generations = generate.generate_records(trainer.model, tokenizer, cfg, read_prompts(cfg.generate_prompts,
+                                                cfg.task), generate.settings(cfg.max_new_tokens), synced=synced)
     parts["phase_seconds"]["generate"] = time.time() - t_generate
     if args.process_index != 0:
         return {}
     if cfg.is_lora:
         check_adapter(saved)
     lm_eval = run_lm_eval(cfg, saved, parts) if cfg.lm_eval_tasks else {}
+    if generations:
+        generate.write(run_dir, generations)
     if samples:
         rundir.atomic_write_text(run_dir / "samples.jsonl",
                                  "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
@@ -413,6 +500,7 @@ def finish(cfg: RunConfig, parts: dict, trainer, out: dict, started: float) -> d
         "peak_memory_gib": peak,
         "peak_memory_kind": peak_kind,
         "samples": len(samples),
+        "generations": len(generations),
         "data": data.stats,
         "base": parts["source"],
         "wandb_mode": parts["wandb_mode"],
@@ -513,15 +601,19 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args)
         check_dataset(cfg)  # fail on a bad dataset before any model is built
+        if cfg.weights:  # the grid only warns about a folder it cannot see (a login node); here it must exist
+            run_config.check_weights_folder(cfg.weights)
         run_config.effective_wandb_mode(cfg)  # and on a bad WANDB_MODE
     except (ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     ensure_distributed_env(cfg)
     run_dir = Path(cfg.output_dir)
     is_main = int(os.environ.get("RANK", "0")) == 0
     started = time.time()
     install_signal_handlers()
+    if cfg.watchdog_minutes > 0:
+        Watchdog(cfg.watchdog_minutes, run_dir, is_main).start()
     fresh = not run_dir.exists()  # a bad dataset found while loading must leave nothing behind
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,16 @@ class CliParser(argparse.ArgumentParser):
         self.flag_hints = dict(hints or {})
 
     def error(self, message):
-        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        from ftgrid.errors import one_line  # a typed newline in an echoed value must not break the line
+        sys.stderr.write(f"error: {one_line(message)} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_BAD_INPUT)
+
+    def _get_values(self, action, arg_strings):
+        # argparse drops a "--" given as an option's value (`--tasks=--`) and stores an empty list where
+        # text belongs; no flag of ours takes "--" as its value
+        if action.option_strings and action.nargs is None and "--" in arg_strings:
+            self.error(f"argument {'/'.join(action.option_strings)}: '--' is not a value")
+        return super()._get_values(action, arg_strings)
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)

@@ -5,7 +5,16 @@ import difflib
 
 
 class ConfigError(ValueError):
-    """A bad run config or sweep spec: the message is one line meant for the user."""
+    """A bad run config or sweep spec: the message is one line meant for the user (a control character
+    from a typed value, such as a newline or carriage return, is shown escaped, never breaks the line)."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters escaped (`\\n`, `\\r`, `\\x1b`): safe to print as one line."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
 
 
 def did_you_mean(value: str, choices) -> str:

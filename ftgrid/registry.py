@@ -41,6 +41,10 @@ class ModelSpec:
     zero3_leaf_modules: tuple[str, ...] = ()
     config_keys: dict = field(default_factory=dict, hash=False, compare=False)
     config_extra: dict = field(default_factory=dict, hash=False, compare=False)
+    tokenizer: str | None = None  # a folder holding the model's tokenizer (models named by a folder)
+    # The planner's geometry for a model read from its config (ftgrid.autospec): a family's `arch:` keys
+    # plus measured counts; empty for registry entries (the planner reads their family's `arch:`).
+    arch: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def is_tiny(self) -> bool:
@@ -51,6 +55,11 @@ class ModelSpec:
     def pretrained_source(self) -> str | None:
         """What `from_pretrained` loads for this entry: its hub id or its shipped weights folder."""
         return self.hub_id or (str(KIT_ROOT / self.weights) if self.weights else None)
+
+    @property
+    def is_registered(self) -> bool:
+        """An entry of models.yaml (else a folder or hub id read from its config)."""
+        return not self.arch
 
     @property
     def total_layers(self) -> int:
@@ -74,8 +83,18 @@ class ModelSpec:
 
 
 @functools.lru_cache(maxsize=1)
+def _registry_data() -> dict:
+    return load_yaml_text(REGISTRY_FILE.read_text(), str(REGISTRY_FILE), aliases=True)
+
+
+def families() -> dict[str, dict]:
+    """models.yaml's families by name (config keys, LoRA targets, the planner's `arch:` facts)."""
+    return _registry_data()["families"]
+
+
+@functools.lru_cache(maxsize=1)
 def registry() -> dict[str, ModelSpec]:
-    data = load_yaml_text(REGISTRY_FILE.read_text(), str(REGISTRY_FILE))
+    data = _registry_data()
     families = data["families"]
     out = {}
     for name, entry in data["models"].items():
@@ -98,10 +117,18 @@ def registry() -> dict[str, ModelSpec]:
 
 
 def model_spec(name: str) -> ModelSpec:
-    try:
-        return registry()[name]
-    except KeyError:
-        raise ConfigError(f"unknown model {name!r}{did_you_mean(name, sorted(registry()))}") from None
+    """A registry name, a local folder holding config.json, or a hub id OWNER/NAME -> its ModelSpec.
+    Folders and hub ids are read through transformers (ftgrid.autospec, imported only for them)."""
+    name = str(name)
+    spec = registry().get(name)
+    if spec is not None:
+        return spec
+    from ftgrid import autospec
+
+    if autospec.source_kind(name) is None:
+        raise ConfigError(f"unknown model {name!r}{did_you_mean(name, sorted(registry()))}; or name a folder "
+                          "holding config.json, or a hub id OWNER/NAME")
+    return autospec.config_spec(autospec.canonical_name(name))
 
 
 def load_tokenizer(spec: ModelSpec, cfg=None):
@@ -110,7 +137,10 @@ def load_tokenizer(spec: ModelSpec, cfg=None):
     bases pretrained with it)."""
     import transformers  # lazy: the registry itself stays import-light
 
-    source = spec.hub_id or str(TINY_TOKENIZER_DIR)
+    if spec.weights and spec.tokenizer is None and not spec.is_registered:
+        raise ConfigError(f"model folder {spec.weights} holds no tokenizer (tokenizer.json or "
+                          "tokenizer_config.json): save one there with tokenizer.save_pretrained")
+    source = spec.tokenizer or spec.hub_id or str(TINY_TOKENIZER_DIR)
     tok = transformers.AutoTokenizer.from_pretrained(source)
     # pad == eos makes the model never learn to stop (eos masked as padding): give pad its own id.
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:

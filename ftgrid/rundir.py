@@ -6,6 +6,8 @@ reader (or a crash) sees the old file or the new one, never half of one.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -25,7 +27,8 @@ STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = True) -> None:
+    """fsync=False: for a folder not yet visible (renamed into place later, synced once for many files)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -33,15 +36,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: str | os.PathLike, data: Any, fsync: bool = True) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", fsync)
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:
@@ -109,7 +113,7 @@ def read_status(run_dir: str | os.PathLike) -> dict:
     return status or {"state": "pending"}
 
 
-def write_status(run_dir: str | os.PathLike, state: str, **fields: Any) -> dict:
+def write_status(run_dir: str | os.PathLike, state: str, *, fsync: bool = True, **fields: Any) -> dict:
     """Merge `fields` into the cell's status.json and set its state (history kept in `history`)."""
     if state not in STATES:
         raise ValueError(f"unknown state {state!r}")
@@ -123,5 +127,25 @@ def write_status(run_dir: str | os.PathLike, state: str, **fields: Any) -> dict:
     if not isinstance(status.get("history"), list):
         status["history"] = []
     status["history"].append({"state": state, "time": now, "host": socket.gethostname()})
-    atomic_write_json(path, status)
+    atomic_write_json(path, status, fsync)
     return status
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike, on_wait=None):
+    """Hold an exclusive lock on `path` (created when missing; flock, which NFS clients forward) for the
+    block. When another process holds it, `on_wait(holder)` is called once (holder: what it wrote into
+    the file, its pid and host) before this one waits its turn."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait(os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -27,13 +27,25 @@ LORA_METHODS = ("lora", "qlora", "lora-8bit")
 TASKS = ("sft", "dpo", "token-classification", "summarization")
 # Which tasks each kind of model can run (causal decoders take a classification head for tokens).
 TASKS_BY_KIND = {"causal": TASKS, "encoder": ("token-classification",), "seq2seq": ("summarization",)}
+# Why a task does not run on a kind, where the libraries are the reason.
+UNSUPPORTED_TASKS = {
+    ("seq2seq", "dpo"): "TRL's DPOTrainer (trl 1.16) trains decoder-only models; its encoder-decoder path is gone",
+    ("seq2seq", "sft"): "sft is a causal-LM recipe (prompt and response in one sequence) and TRL's SFTTrainer is "
+                        "decoder-only; train prompt -> response pairs with task summarization",
+}
 INITS = ("auto", "pretrained", "random")
 SCHEDULES = ("cosine", "linear", "constant")
-OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "adafactor")
+OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd")
+# The learning rate when none is given: full fine-tuning moves every weight (small steps), adapters start
+# from zero (LoRA, QLoRA papers: 1e-4 .. 3e-4).
+DEFAULT_LR = {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4, "lora-8bit": 2e-4}
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 PACKINGS = ("auto", "none", "bfd", "flatten")
 LM_LOSS_TASKS = ("sft", "summarization")  # tasks trained on a per-token language-model loss
 WANDB_MODES = ("disabled", "offline", "online")
+TEMPLATES = ("tokenizer", "alpaca", "chatml", "plain")  # data_prep.templates.NAMED, plus the tokenizer's own
+# Named fields a `prompt:` may use, per task: the record text it wraps (a summary's document, the user's turn).
+PROMPT_FIELDS = {"sft": ("instruction",), "dpo": ("instruction",), "summarization": ("document",)}
 
 
 def causal_lm_loss(task: str, spec: "ModelSpec") -> bool:
@@ -74,6 +86,13 @@ class RunConfig:
     dpo_beta: float = 0.1             # dpo: strength of the KL anchor to the reference model
     max_new_tokens: int = 64          # summarization: generated summary length; also samples.jsonl generations
     num_samples: int = 4              # causal sft: greedy generations for this many fixed eval prompts
+    template: str = ""                # chat template: "" = the tokenizer's own, else alpaca | tokenizer | alpaca |
+                                      # chatml | plain | a path to a Jinja file
+    prompt: str = ""                  # the user turn with named fields: "Summarize: {document}" (summarization),
+                                      # "Answer briefly. {instruction}" (sft, dpo); "" = as the data has it
+    columns: str = ""                 # dataset columns renamed to a known layout: "instruction=Input,output=Output"
+                                      # (YAML: a mapping {instruction: Input, output: Output})
+    generate_prompts: str = ""        # a prompts .jsonl: after training, generations.jsonl from it (greedy)
     weights: str | None = None        # local folder of saved weights for this architecture (e.g. a base you
                                       # pretrained with method full: <cell>/model); overrides hub id and init
     chunked_loss: bool = True         # causal LM loss in vocabulary chunks: no tokens x vocab fp32 logits
@@ -87,8 +106,8 @@ class RunConfig:
     grad_accum: int = 1               # micro-batches per optimizer step
     epochs: float = 1.0
     max_steps: int = -1               # > 0 overrides epochs
-    optimizer: str = "adamw"          # adamw | adamw-8bit | paged-adamw-8bit | adafactor
-    lr: float = 2e-4
+    optimizer: str = "adamw"          # adamw | adamw-8bit | paged-adamw-8bit (bitsandbytes) | adafactor | sgd
+    lr: float | None = None           # None = by method: 2e-5 full, 2e-4 LoRA methods (DEFAULT_LR)
     min_lr: float = 0.0               # cosine decays to this after warmup
     warmup: float = 0.03              # fraction of total steps
     schedule: str = "cosine"          # cosine | linear | constant
@@ -105,6 +124,9 @@ class RunConfig:
     save_every: int = 0               # steps between resumable checkpoints (<out>/checkpoints); 0 = only on
                                       # SIGUSR1/SIGTERM (preemption); a re-run resumes from the latest one
     logging_steps: int = 5
+    watchdog_minutes: float = 30.0    # once training started, no step, eval batch or CPU work for this long:
+                                      # every thread's stack goes to logs/, status `failed` says so, the run
+                                      # exits instead of hanging; 0 = off
     # --- tracking
     wandb_mode: str = "disabled"      # disabled | offline | online; when on, WANDB_MODE in the env wins and
                                       # online without WANDB_API_KEY (or a netrc login) runs offline
@@ -119,10 +141,16 @@ class RunConfig:
     def resolved(self) -> "RunConfig":
         """A copy with every None default filled in (what cell.yaml records)."""
         out = dataclasses.replace(self)
+        out.model = model_spec(out.model).name  # a folder as an absolute path: cells run elsewhere
+        out.lr = self.effective_lr
         if out.is_lora:
             out.rank = 16 if out.rank is None else out.rank
             out.alpha = float(2 * out.rank) if out.alpha is None else float(out.alpha)
         return out
+
+    @property
+    def effective_lr(self) -> float:
+        return DEFAULT_LR.get(self.method, DEFAULT_LR["lora"]) if self.lr is None else self.lr
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,8 +168,10 @@ class RunConfig:
         _choice("init", self.init, INITS)
         _choice("task", self.task, TASKS)
         if self.task not in TASKS_BY_KIND[spec.kind]:
-            raise ConfigError(f"task {self.task!r} does not run on {self.model} ({spec.kind}); {spec.kind} "
-                              f"models run: {', '.join(TASKS_BY_KIND[spec.kind])}")
+            why = UNSUPPORTED_TASKS.get((spec.kind, self.task))
+            raise ConfigError(f"task {self.task!r} does not run on {self.model} ({spec.kind})"
+                              + (f": {why}" if why else f"; {spec.kind} models run: "
+                                 f"{', '.join(TASKS_BY_KIND[spec.kind])}"))
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("precision", self.precision, PRECISIONS)
@@ -160,7 +190,8 @@ class RunConfig:
             if isinstance(self.target_modules, str) and self.target_modules not in ("preset", "all-linear"):
                 raise ConfigError(f"target_modules must be 'preset', 'all-linear' or a list, got "
                                   f"{self.target_modules!r}")
-        _positive("lr", self.lr)
+        if self.lr is not None:
+            _positive("lr", self.lr)
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.max_grad_norm < 0:
@@ -172,8 +203,8 @@ class RunConfig:
             raise ConfigError(f"seq_len {self.seq_len} exceeds {self.model}'s limit of {spec.max_seq_len}")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise ConfigError("set epochs > 0 or max_steps > 0")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ConfigError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if not 0 <= self.min_lr <= self.effective_lr:
+            raise ConfigError(f"min_lr must be in [0, lr={self.effective_lr:g}], got {self.min_lr}")
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         _choice("packing", self.packing, PACKINGS)
@@ -196,8 +227,9 @@ class RunConfig:
             raise ConfigError(f"logging_steps must be positive, got {self.logging_steps}")
         if self.eval_rows < 0:
             raise ConfigError(f"eval_rows must be >= 0, got {self.eval_rows}")
-        if self.weights and not os.path.isfile(os.path.join(self.weights, "config.json")):
-            raise ConfigError(f"weights folder {self.weights} holds no config.json (a saved model folder)")
+        self._validate_data_shaping()
+        if self.weights and os.path.exists(self.weights):  # not visible here (a login node): train.py checks
+            check_weights_folder(self.weights)
         if self.lm_eval_tasks:
             try:
                 parse_lm_eval_tasks(self.lm_eval_tasks)
@@ -226,6 +258,49 @@ class RunConfig:
         return self
 
 
+    def _validate_data_shaping(self) -> None:
+        if self.template and self.template not in TEMPLATES and not os.path.isfile(self.template) \
+                and "{%" not in self.template and "{{" not in self.template:
+            raise ConfigError(f"unknown template {self.template!r} (and no Jinja file there)"
+                              f"{did_you_mean(self.template, TEMPLATES)}")
+        if self.prompt:
+            allowed = PROMPT_FIELDS.get(self.task)
+            if allowed is None:
+                raise ConfigError(f"prompt applies to {', '.join(PROMPT_FIELDS)}, not {self.task!r}")
+            unknown = [f for f in prompt_fields(self.prompt) if f not in allowed]
+            if unknown:
+                raise ConfigError(f"prompt names field {{{unknown[0]}}}, which {self.task} data does not have; "
+                                  f"fields: {', '.join('{' + f + '}' for f in allowed)}")
+        parse_columns(self.columns)
+        if self.generate_prompts and not os.path.isfile(self.generate_prompts):
+            raise ConfigError(f"generate_prompts: no file at {self.generate_prompts}")
+
+
+def prompt_fields(text: str) -> list[str]:
+    """The named fields of a `prompt:` ("Summarize: {document}" -> ["document"]); bad braces fail."""
+    import string
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+    except ValueError as e:
+        raise ConfigError(f"prompt {text!r}: {e} (write a literal brace as {{{{ or }}}})") from None
+    if any(not n or not n.isidentifier() for n in names):
+        raise ConfigError(f"prompt {text!r} has a field without a name; name it, e.g. {{document}}")
+    return names
+
+
+def parse_columns(text: str) -> dict[str, str]:
+    """"instruction=Input,output=Output" -> {"Input": "instruction", "Output": "output"} (source -> layout)."""
+    out: dict[str, str] = {}
+    for item in [t.strip() for t in str(text or "").split(",") if t.strip()]:
+        target, sep, source = (x.strip() for x in item.partition("="))
+        if not sep or not target or not source:
+            raise ConfigError(f"columns takes LAYOUT=SOURCE pairs like instruction=Input,output=Output; got {item!r}")
+        if source in out or target in out.values():
+            raise ConfigError(f"columns: {item!r} maps a column twice")
+        out[source] = target
+    return out
+
+
 # The range of every numeric field (after the checks above that say more): beyond these a value is a typo
 # or an overflow (2**64 nodes of micro batch), not a setting. Floats are finite by `coerce`.
 LIMITS = {
@@ -236,7 +311,16 @@ LIMITS = {
     "lr": (0.0, 10.0), "min_lr": (0.0, 10.0), "warmup": (0.0, 1.0), "weight_decay": (0.0, 1e3),
     "max_grad_norm": (0.0, 1e6), "dataloader_workers": (-1, 256), "seed": (0, validate.SEED_MAX),
     "eval_every": (0, 10**12), "save_every": (0, 10**12), "logging_steps": (1, 10**12),
+    "watchdog_minutes": (0.0, 1e6),
 }
+
+
+def check_weights_folder(path: str) -> None:
+    """A saved model folder: a directory holding config.json (train.py checks before loading it)."""
+    if not os.path.isdir(path):
+        raise ConfigError(f"weights folder {path} does not exist here")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigError(f"weights folder {path} holds no config.json (a saved model folder)")
 
 
 def parse_lm_eval_tasks(text: str) -> list[str]:
@@ -298,6 +382,8 @@ def coerce(key: str, value: Any) -> Any:
             return validate.integer(key, value)
         if kind.startswith("float"):
             return validate.finite(key, value)  # nan, inf and 1e400 never reach a cell
+        if key == "columns" and isinstance(value, dict):  # YAML mapping {layout: source} -> "layout=source,..."
+            return ",".join(f"{k}={v}" for k, v in value.items())
         if isinstance(value, (dict, set)) or (isinstance(value, (list, tuple)) and kind != "str | list"):
             raise ConfigError(f"{key} takes one value, got a {type(value).__name__}: {value!r}"[:300])
         if kind == "bool":

@@ -118,6 +118,8 @@ def writable_dir(path, what: str = "output directory", *, extra_name_bytes: int 
     if not existing.is_dir():
         where = "is a file" if existing == absolute else f"is under a file ({existing})"
         raise ConfigError(f"{what} {path} {where}")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise ConfigError(f"{what} {path} is on a read-only filesystem ({existing})")
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "is not writable" if existing == absolute else f"cannot be created: {existing} is not writable"
         raise ConfigError(f"{what} {path} {where}")

@@ -11,10 +11,11 @@ from ftgrid.errors import ConfigError
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def load_yaml_text(text: str, source: str = "<text>"):
-    """Parse YAML text with the safe loader (libyaml's where installed). Anchors and aliases are refused:
-    no config needs them, and a few hundred bytes of nested aliases expand to billions of nodes."""
-    if "&" in text or "*" in text:  # only then can there be an anchor or alias: scan the events (linear)
+def load_yaml_text(text: str, source: str = "<text>", aliases: bool = False):
+    """Parse YAML text with the safe loader (libyaml's where installed). Anchors and aliases are refused
+    unless `aliases` (the kit's own data files): no user config needs them, and a few hundred bytes of
+    nested aliases expand to billions of nodes."""
+    if not aliases and ("&" in text or "*" in text):  # only then can there be an anchor or alias: scan the events (linear)
         for event in yaml.parse(text, Loader=_LOADER):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
                 mark = event.start_mark

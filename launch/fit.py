@@ -61,6 +61,8 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 from ftgrid.cli import CliParser
+from ftgrid.errors import one_line
+from ftgrid import validate
 
 __all__ = [
     "fit_chinchilla",
@@ -622,14 +624,15 @@ def _build_parser() -> argparse.ArgumentParser:
                          "(default: the --n-col column)")
     ap.add_argument("--rank-col", default=None,
                     help="LoRA rank column (default: 'rank' if present)")
-    ap.add_argument("--budget", type=float, default=None, metavar="C",
+    ap.add_argument("--budget", type=validate.arg_float(0.0, None), default=None, metavar="C",
                     help="compute budget in FLOPs (e.g. 1e19): report the optimal N and D")
     ap.add_argument("--flops", choices=("full", "lora"), default="full",
                     help="FLOP model: full fine-tuning C=6ND (default) or LoRA C=4ND")
-    ap.add_argument("--bootstrap", type=int, default=200, metavar="N",
+    ap.add_argument("--bootstrap", type=validate.arg_int(0, 100_000), default=200, metavar="N",
                     help="bootstrap resamples for 95%% intervals (default 200; 0 = none)")
-    ap.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    ap.add_argument("--delta", type=float, default=DEFAULT_DELTA,
+    ap.add_argument("--seed", type=validate.arg_int(0, validate.SEED_MAX), default=0,
+                    help="bootstrap seed (default 0)")
+    ap.add_argument("--delta", type=validate.arg_float(0.0, None), default=DEFAULT_DELTA,
                     help="Huber delta on log-loss residuals (default 1e-3)")
     ap.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
     ap.add_argument("--out", default=None,
@@ -652,6 +655,10 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
             "tokens D, --d-col": args.d_col, "loss, --loss-col": args.loss_col}
     vals, usable, n_dropped = _extract(header, rows, cols, args.csv)
     X, D, L = vals[x_col], vals[args.d_col], vals[args.loss_col]
+    for role, c in cols.items():
+        if c != args.loss_col and np.unique(vals[c]).size < 2:
+            raise InputError(f"the law is not identifiable: column '{c}' ({role}) holds one value "
+                             f"({_num(vals[c][0])}) in every usable row; the fit needs at least 2 distinct values")
 
     rank_col = args.rank_col if args.rank_col is not None else "rank"
     if args.rank_col is not None and rank_col not in header:
@@ -660,6 +667,10 @@ def _run(args: argparse.Namespace) -> Dict[str, Any]:
     rank = None
     if rank_col in header:
         rank = np.array([_parse(r.get(rank_col, "")) for r in rows], float)[usable]
+        bad = np.isfinite(rank) & ((rank < 1) | (rank != np.round(rank)))
+        if bad.any():
+            raise InputError(f"column '{rank_col}' (rank, --rank-col) holds {_num(rank[np.argmax(bad)])}; a LoRA "
+                             f"rank is a positive integer")
     n_vals = None
     if args.n_col in header:
         n_vals = np.array([_parse(r.get(args.n_col, "")) for r in rows], float)[usable]
@@ -798,7 +809,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except OSError as exc:
             raise InputError(f"cannot create output folder {out_dir}: {exc}") from None
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 
     r = res["result"]

@@ -20,6 +20,7 @@ import io
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the project importable without installing
@@ -28,17 +29,21 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
 import yaml  # noqa: E402
 
 from ftgrid.cli import CliParser  # noqa: E402
+from ftgrid import validate  # noqa: E402
 from ftgrid import rundir  # noqa: E402
-from ftgrid.errors import ConfigError, did_you_mean  # noqa: E402
+from ftgrid.errors import ConfigError, did_you_mean, one_line  # noqa: E402
 from ftgrid.schema import coerce  # noqa: E402
-from ftgrid.yamlio import read_yaml_mapping  # noqa: E402
+from ftgrid.yamlio import load_yaml_text, read_yaml_mapping  # noqa: E402
 from ftgrid.launch import plan as planner  # noqa: E402
 from ftgrid.launch import render, report  # noqa: E402
+from ftgrid.launch.submit import SubmitRefused  # noqa: E402
+from ftgrid.launch.spec import MAX_CELLS  # noqa: E402
 from ftgrid.launch.spec import (AXES, EXECUTORS, RESOURCE_SCALARS, RULE_KEYS, TRAIN_KEYS, Resources, SweepSpec, expand,  # noqa: E402
                          IDENTITY_RESOURCES, parse_bool, parse_hostfile, parse_int, to_yaml_dict, typed_axes,
                          typed_axis, validate_output_dir, validate_python, validate_sweep_name)
 
 EXIT_BAD_INPUT = 2
+LOCK_FILE = ".grid.lock"  # held while a grid.py writes the sweep and takes its cells
 # CLI flags for the sweep's fixed training settings (any other RunConfig field: --set KEY=VALUE).
 TRAIN_FLAGS = ("micro_batch", "grad_accum", "seq_len", "max_steps", "epochs", "target_modules", "grad_ckpt",
                "precision", "optimizer", "warmup", "weight_decay", "min_lr", "schedule", "wandb_mode", "eval_rows")
@@ -49,7 +54,7 @@ RESOURCE_INTS = ("nodes", "gpus_per_node", "cpus_per_task")
 # Run-config fields the memory plan does not read: cells differing only in these share one plan.
 PLAN_IRRELEVANT = ("name", "lr", "min_lr", "seed", "dataset", "wandb_group", "wandb_project", "wandb_mode",
                    "epochs", "max_steps", "warmup", "schedule", "weight_decay", "eval_rows", "eval_every",
-                   "logging_steps", "max_grad_norm")
+                   "logging_steps", "max_grad_norm", "template", "prompt", "columns", "generate_prompts")
 
 
 def default_executor() -> str:
@@ -70,6 +75,10 @@ def parse_args(argv):
         p.add_argument(f"--{axis}", help=f"comma list for the {axis} axis")
     p.add_argument("--sweep", action="append", default=None, metavar="KEY=V1,V2",
                    help="any run-config key as an axis, e.g. --sweep warmup=0,0.1 (repeatable; YAML axes:)")
+    p.add_argument("--generate", metavar="PROMPTS.jsonl",
+                   help="after training, every cell writes generations.jsonl from these prompts (greedy)")
+    p.add_argument("--columns", metavar="LAYOUT=SOURCE,...",
+                   help="rename dataset columns to a known layout, e.g. instruction=Input,output=Output")
     p.add_argument("--force", action="store_true",
                    help="write into an --out that holds a different grid (cells.csv rows merge by cell id)")
     p.add_argument("--zip", action="append", default=None, metavar="AXIS,AXIS",
@@ -98,7 +107,10 @@ def parse_args(argv):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other run-config field for every cell")
     p.add_argument("--python", default=sys.executable, help="interpreter the rendered jobs use")
-    p.add_argument("--max-parallel", type=int, default=0, help="SLURM: at most this many array tasks at once")
+    p.add_argument("--max-parallel", type=validate.arg_int(0, 10**6), default=0,
+                   help="SLURM: at most this many array tasks at once (0 = no limit)")
+    p.add_argument("--max-cells", type=validate.arg_int(1, 10**9), default=MAX_CELLS,
+                   help=f"refuse a grid of more cells than this (default {MAX_CELLS})")
     p.add_argument("--wait", action="store_true", help="SLURM: wait for the submitted cells, then report")
     p.add_argument("--rerun", default="", help="also re-run cells in these states, e.g. failed,oom,preempted")
     p.add_argument("--submit-oom", action="store_true", help="also run cells predicted not to fit")
@@ -129,7 +141,51 @@ def _rule(text: str) -> dict:
 
 
 def _load_config(path: str) -> dict:
-    return read_yaml_mapping(path, "sweep config")
+    data = read_yaml_mapping(path, "sweep config")
+    check_shapes(data, path)
+    return data
+
+
+def _scalar(value) -> bool:
+    return isinstance(value, (str, int, float)) and value is not None
+
+
+def _names(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# The type of every sweep-file key (axes are scalars or lists of scalars): checked before any value is
+# read, so `train: [1, 2]` or `sbatch: [null]` is one line instead of a crash or `#SBATCH --None`.
+SHAPES = {
+    "name": (_scalar, "a name"),
+    "train": (lambda v: isinstance(v, dict), "a mapping of run-config keys, e.g. {seq_len: 512}"),
+    "resources": (lambda v: isinstance(v, dict) and all(_scalar(x) for x in v.values()),
+                  "a mapping of single values, e.g. {gpu: a100-80gb, nodes: 2}"),
+    "axes": (lambda v: isinstance(v, dict), "a mapping of run-config keys to value lists, e.g. {warmup: [0, 0.1]}"),
+    "setup": (_names, "a list of shell lines (text)"),
+    "sbatch": (_names, "a list of #SBATCH options (text), e.g. [--mail-type=END]"),
+    "container": (lambda v: isinstance(v, dict) and all(_scalar(x) for x in v.values()),
+                  "a mapping of pyxis flags to single values, e.g. {image: nvcr.io/nvidia/pytorch:24.05-py3}"),
+    "zip": (lambda v: _names(v) or (isinstance(v, list) and all(_names(g) for g in v)),
+            "a list of axis names (or a list of such lists), e.g. [ranks, alphas]"),
+    "include": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+                "a list of rules like [{model: mixtral-8x7b, method: full}]"),
+    "exclude": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+                "a list of rules like [{model: mixtral-8x7b, method: full}]"),
+    **{axis: (lambda v: _scalar(v) or (isinstance(v, list) and all(_scalar(x) for x in v)),
+              "a value or a list of values") for axis in AXES},
+    "models": (lambda v: _scalar(v) or (isinstance(v, list) and all(
+        _scalar(x) or (isinstance(x, dict) and all(_scalar(y) for y in x.values())) for x in v)),
+        "a model or a list of models (a registry name, a folder, a hub id, or {name: NAME, weights: DIR})"),
+}
+
+
+def check_shapes(data: dict, source: str) -> None:
+    """Every known key of a sweep file holds the type it takes (None = not given)."""
+    for key, value in data.items():
+        if key in SHAPES and value is not None and not SHAPES[key][0](value):
+            shown = repr(value) if len(repr(value)) < 80 else repr(value)[:77] + "..."
+            raise ConfigError(f"{key} in {source} takes {SHAPES[key][1]}, got {shown}")
 
 
 def _unknown(keys, valid, what: str, where: str = "") -> list[str]:
@@ -158,6 +214,10 @@ def build_spec(args) -> SweepSpec:
     train.update({k: getattr(args, f"train_{k}") for k in TRAIN_FLAGS + ("global_batch",)
                   if getattr(args, f"train_{k}") is not None})
     train.update(_pairs(args.set, "--set"))
+    if args.generate:  # a post-step of every cell: train.py writes generations.jsonl (absolute: jobs run elsewhere)
+        train["generate_prompts"] = str(Path(args.generate).resolve())
+    if args.columns is not None:
+        train["columns"] = args.columns
     global_batch = train.pop("global_batch", None)
     for key in train:
         if key in RULE_KEYS:
@@ -250,31 +310,76 @@ def write_if_changed(path: Path, text: str, executable: bool = False) -> None:
             return
     except OSError:
         pass
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    if executable:
-        tmp.chmod(0o755)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # unique per writer
+    _write_file(str(tmp), text, executable)
     os.replace(tmp, path)
 
 
+def _write_file(path: str, text: str, executable: bool = False) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+    if executable:
+        os.chmod(path, 0o755)
+
+
+STAGING = ".staging"  # a new cell's folder is filled here, then renamed into the sweep whole
+
+
+def write_new_cell(staging: Path, cell_dir: Path, files: dict, plan) -> None:
+    """A cell folder that did not exist, made atomically at once: its files are written in a staging
+    folder (two levels down, so `*/cell.yaml` never sees it) and the folder is renamed into place, one
+    rename instead of one per file. A reader sees no folder or the complete one."""
+    tmp = staging / cell_dir.name
+    if os.path.isdir(tmp):
+        shutil.rmtree(tmp)  # left by an interrupted run
+    os.makedirs(tmp / "logs")
+    for name, text in files.items():
+        _write_file(f"{tmp}/{name}", text, executable=name in render.EXECUTABLE)
+    if not plan.fits:
+        _mark_predicted_oom(tmp, plan, fsync=False)  # synced with the rest by write_sweep
+    os.rename(tmp, cell_dir)
+
+
+def update_cell(cell_dir: Path, files: dict, plan) -> None:
+    """A cell folder of an earlier run: only files whose text changed are replaced; status.json is kept."""
+    (cell_dir / "logs").mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        write_if_changed(cell_dir / name, text, executable=name in render.EXECUTABLE)
+    if not plan.fits and not (cell_dir / rundir.STATUS_FILE).exists():
+        _mark_predicted_oom(cell_dir, plan)
+
+
+def _mark_predicted_oom(cell_dir: Path, plan, fsync: bool = True) -> None:
+    rundir.write_status(cell_dir, "predicted-oom", fsync=fsync, peak_gib=plan.peak_gib,
+                        capacity_gib=plan.capacity_gib)
+
+
 def write_sweep(out: Path, spec: SweepSpec, cells, plans, ctx: render.Context, hosts_text: str = "",
-                previous_csv: str = "") -> None:
+                previous_csv: str = "") -> set[str]:
+    """Every cell's files (new cell folders whole, earlier ones file by file), then sweep.yaml and
+    cells.csv; one sync at the end. Returns the ids of the cell folders it created."""
     out.mkdir(parents=True, exist_ok=True)
-    rundir.atomic_write_text(out / "sweep.yaml", yaml.safe_dump(to_yaml_dict(spec), sort_keys=False))
     if hosts_text:
         rundir.atomic_write_text(out / render.HOSTFILE, hosts_text)
     root = out.resolve()
+    existing, staging = set(os.listdir(root)), root / STAGING
+    created = set()
     for cell, plan in zip(cells, plans):
         cell_dir = root / cell.id
-        (cell_dir / "logs").mkdir(parents=True, exist_ok=True)
-        for name, text in render.cell_files(cell, plan, cell_dir, ctx).items():
-            write_if_changed(cell_dir / name, text, executable=name in render.EXECUTABLE)
-        if not plan.fits and not (cell_dir / rundir.STATUS_FILE).exists():
-            rundir.write_status(cell_dir, "predicted-oom", peak_gib=plan.peak_gib, capacity_gib=plan.capacity_gib)
+        files = render.cell_files(cell, plan, cell_dir, ctx)
+        if cell.id in existing:
+            update_cell(cell_dir, files, plan)
+        else:
+            write_new_cell(staging, cell_dir, files, plan)
+            created.add(cell.id)
         # A cell without status.json is pending (finetune.rundir.read_status): 10k fsync'd files for
         # a fresh sweep would cost a minute and say nothing new.
+    shutil.rmtree(staging, ignore_errors=True)
+    # sweep.yaml last (with cells.csv): a folder that has one holds every cell it describes
+    rundir.atomic_write_text(out / "sweep.yaml", yaml.safe_dump(to_yaml_dict(spec), sort_keys=False))
     rundir.atomic_write_text(out / "cells.csv", cells_csv(cells, plans, previous_csv))
     os.sync()
+    return created
 
 
 def cells_csv(cells, plans, previous: str = "") -> str:
@@ -325,10 +430,10 @@ def check_out_dir(out: Path, spec: SweepSpec, force: bool) -> str:
     if not old_path.is_file():
         return ""
     try:
-        old = yaml.safe_load(old_path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        old = read_yaml_mapping(old_path, "sweep")
+    except ConfigError:  # a damaged sweep.yaml describes no grid: treat it as a different one
         old = {}
-    new = yaml.safe_load(yaml.safe_dump(to_yaml_dict(spec), sort_keys=False))
+    new = load_yaml_text(yaml.safe_dump(to_yaml_dict(spec), sort_keys=False))
     if isinstance(old, dict) and grid_identity(old) == grid_identity(new):
         return ""
     if not force:
@@ -343,9 +448,21 @@ def check_out_dir(out: Path, spec: SweepSpec, force: bool) -> str:
 def print_plan(cells, plans, resources: Resources) -> None:
     per_node = f"{resources.gpus_per_node} x {resources.gpu}" if resources.gpus_per_node else "cpu"
     print(f"{len(cells)} cells on {resources.nodes} node(s) x {per_node}")
-    print(f"{'cell':58} {'zero':>4} {'GiB/GPU':>8}  fits")
+    print(f"{'cell':58} {'lr':>7} {'zero':>4} {'GiB/GPU':>8}  fits")
+    fixes = {}  # cells that share a plan share its fix
     for c, p in zip(cells, plans):
-        print(f"{c.id:58} {p.zero:>4} {p.peak_gib:8.1f}  {'yes' if p.fits else 'PREDICTED OOM'}")
+        print(f"{c.id:58} {c.run['lr']:>7.1e} {p.zero:>4} {p.peak_gib:8.1f}  {'yes' if p.fits else 'PREDICTED OOM'}")
+        if not p.fits:
+            fix = fixes.setdefault(id(p), planner.suggest_fix(
+                c.run, gpu=resources.gpu, gpus=resources.world_size, zero=p.zero, offload=p.offload))
+            print(f"{'':58}   fits with: {fix.text if fix else 'nothing up to 64 GPUs'}")
+    warning = planner.mem_warning(resources.mem, plans)
+    if warning:
+        print(warning)
+    # A compute node may see folders this machine does not: train.py checks them where the cell runs.
+    for folder in sorted({c.run["weights"] for c in cells if c.run.get("weights")}):
+        if not os.path.exists(folder):
+            print(f"warning: weights folder {folder} is not visible here; the cells using it check it when they start")
 
 
 def print_hostfile_commands(cell_dirs, hosts) -> None:
@@ -363,7 +480,7 @@ def show_status(out: Path) -> int:
     from ftgrid.launch import submit
     cell_dirs = report.cell_dirs(out)
     if not cell_dirs:
-        print(f"error: {out} holds no cells (no */cell.yaml)", file=sys.stderr)
+        print(f"error: {one_line(out)} holds no cells (no */cell.yaml)", file=sys.stderr)
         return EXIT_BAD_INPUT
     statuses = submit.refresh(cell_dirs)
     counts = {}
@@ -397,75 +514,112 @@ def print_results(out: Path) -> int:
     report.write(out, rows)
     print(report.markdown(rows, ("cell", "model", "rank", "alpha", "lr", "status", "train_loss",
                                  "untrained_eval_loss", "eval_loss", "perplexity", "time_s")), end="")
-    return 0 if all(r["status"] in ("done", "predicted-oom") for r in rows) else 1
+    # exit 1 for cells that failed or were left undone; cells another grid.py or SLURM still runs are no failure
+    return 0 if all(r["status"] in ("done", "predicted-oom", "submitted", "running") for r in rows) else 1
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def check_datasets(spec: SweepSpec) -> None:
-    """Dataset names, tiers, local files and their layout, checked here so a typo fails before
-    anything is written or queued, not in every cell's job. Hub datasets are checked by name only."""
+def check_datasets(spec: SweepSpec, cells=()) -> None:
+    """Dataset names, tiers, local files and their layout (after each cell's column mapping), and the
+    prompts files of --generate, checked here so a typo fails before anything is written or queued, not
+    in every cell's job. Hub datasets are checked by name only."""
     from ftgrid.data_prep import catalog, formats, sources
+    from ftgrid.data_prep.prompts import read_prompts
+    from ftgrid.schema import parse_columns
 
+    shapes = {(c.run["dataset"], c.run["task"], c.run.get("columns") or "") for c in cells} or \
+        {(name, task, "") for name in spec.datasets for task in spec.tasks}
+    for path, task in sorted({(c.run["generate_prompts"], c.run["task"]) for c in cells
+                              if c.run.get("generate_prompts")}):
+        read_prompts(path, task)
     for name in spec.datasets:
         request = catalog.parse(name)  # DataError (a ValueError): unknown name, bad tier, missing file
         entry = request.entry
+        most_rows = entry.full_rows  # an upper bound of the training rows (before hold-out and dedupe)
         if entry.format == "auto" and Path(entry.source).exists():
-            rows = sources.load(entry)
-            first = rows[0] if len(rows) else None
-            for task in spec.tasks:
+            try:
+                rows = sources.load(entry)
+            except OSError as e:  # a folder with unreadable entries (`--datasets ../..` from the checkout)
+                raise catalog.DataError(f"dataset {name}: cannot read {e.filename or entry.source}: "
+                                        f"{e.strerror}") from None
+            most_rows = len(rows)
+            for _, task, columns in sorted(s for s in shapes if s[0] == name):
                 try:
-                    formats.detect(rows.column_names, first, task)
+                    shaped = formats.rename_columns(rows, parse_columns(columns), name)
+                    formats.detect(shaped.column_names, shaped[0] if len(shaped) else None, task)
                 except catalog.DataError as e:
                     raise catalog.DataError(f"dataset {name}: {e}") from None
+        if most_rows and not isinstance(request.tier, str):
+            request.tier_rows(most_rows)  # a row count past the data set, a fraction selecting 0 rows
 
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.status:
+        if not os.path.isdir(args.status):  # os.path: False, not OSError, for a name too long to exist
+            print(f"error: --status {args.status!r} is not a sweep folder", file=sys.stderr)
+            return EXIT_BAD_INPUT
         return show_status(Path(args.status))
     try:
         spec = build_spec(args)
         executor, hosts = resolve_executor(args, spec)
-        cells = expand(spec)
-        check_datasets(spec)
+        if executor == "slurm" and not args.dry_run:  # before rendering: defaults may take the cluster's values
+            fit_cluster(args, spec)
+        cells = expand(spec, max_cells=args.max_cells)
+        check_datasets(spec, cells)
         plans = plan_cells(cells, spec.resources)
         rerun = set(_split(args.rerun))
         if rerun - set(rundir.STATES):
             raise ConfigError(f"--rerun takes states from {', '.join(rundir.STATES)}; got "
                               f"{', '.join(sorted(rerun - set(rundir.STATES)))}")
         out = Path(args.out or Path("runs") / spec.name)
+        # under a file, read-only, in /proc, or names too long: refused before anything is written
+        validate.writable_dir(out, extra_name_bytes=max(len(c.id.encode()) for c in cells))
         if out.exists() and not out.is_dir():
             raise ConfigError(f"output directory {out} is a file")
         validate_output_dir(out)
         validate_python(args.python)
+        if executor == "local":  # jobs run here: the interpreter must be here (a cluster's may not be)
+            validate.executable(args.python)
         previous_csv = check_out_dir(out, spec, args.force)
     except (ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     hosts_text = "".join(f"{h} slots={n}\n" for h, n in hosts)
     ctx = render.Context(sweep=spec.name, python=args.python, hosts=hosts,
                          hostfile=out.resolve() / render.HOSTFILE if hosts else None)
-    write_sweep(out, spec, cells, plans, ctx, hosts_text, previous_csv)
-    print_plan(cells, plans, spec.resources)
-    todo = select(out, cells, plans, rerun, args.submit_oom)
-    if args.dry_run:
-        if hosts:
-            print_hostfile_commands([out / c.id for c in cells], hosts)
-        print(f"dry run: wrote {len(cells)} cells to {out}; nothing submitted")
-        return 0
-    return run(args, executor, hosts, spec, out, todo)
+    out.mkdir(parents=True, exist_ok=True)
+    # One grid.py at a time writes, selects and takes this sweep's cells; a second one started meanwhile
+    # waits its turn, then skips the cells the first took (in flight) and runs only the rest.
+    with rundir.locked(out / LOCK_FILE, on_wait=lambda holder: print(
+            f"waiting for another grid.py on {out} ({holder}) to take its cells", flush=True)):
+        created = write_sweep(out, spec, cells, plans, ctx, hosts_text, previous_csv)
+        print_plan(cells, plans, spec.resources)
+        todo = select(out, cells, plans, rerun, args.submit_oom, created)
+        if args.dry_run:
+            if hosts:
+                print_hostfile_commands([out / c.id for c in cells], hosts)
+            print(f"dry run: wrote {len(cells)} cells to {out}; nothing submitted")
+            return 0
+        try:
+            taken = take(args, executor, hosts, spec, out, todo)
+        except SubmitRefused as e:
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    return run(args, executor, hosts, out, todo, taken)
 
 
-def select(out: Path, cells, plans, rerun: set, submit_oom: bool) -> list[Path]:
+def select(out: Path, cells, plans, rerun: set, submit_oom: bool, created=frozenset()) -> list[Path]:
     """The cells to run: pending ones (and those in a --rerun state), never predicted-OOM ones unless
-    --submit-oom; cells done or in flight are skipped (a re-run of the same command is a resume)."""
+    --submit-oom; cells done or in flight are skipped (a re-run of the same command is a resume).
+    Cells in `created` (just written: pending or predicted-OOM) have no status worth reading."""
     from ftgrid.launch import submit
-    statuses = submit.refresh([out / c.id for c in cells])
+    statuses = submit.refresh([out / c.id for c in cells if c.id not in created])
     todo, oom, damaged = [], 0, 0
     for c, p in zip(cells, plans):
-        state = statuses[out / c.id].get("state", "pending")
+        state = statuses[out / c.id].get("state", "pending") if c.id not in created else "pending"
         if not p.fits and not submit_oom:
             oom += 1
         elif state in ("pending", "predicted-oom") or state in rerun:
@@ -480,17 +634,49 @@ def select(out: Path, cells, plans, rerun: set, submit_oom: bool) -> list[Path]:
     return todo
 
 
-def run(args, executor: str, hosts, spec: SweepSpec, out: Path, todo: list) -> int:
+def fit_cluster(args, spec: SweepSpec) -> None:
+    """The sweep against the SLURM cluster it goes to (launch/cluster.py): what the cluster cannot run is a
+    ConfigError naming the limit; defaults the user did not set take the cluster's values (said once)."""
+    from ftgrid.launch import cluster
+    found = cluster.query()
+    if found is None:  # no scontrol answer: sbatch will say what is wrong
+        return
+    data = _load_config(args.config) if args.config else {}
+    res = data.get("resources") if isinstance(data.get("resources"), dict) else {}
+    given = set(res) | {k for k in RESOURCE_SCALARS if getattr(args, f"res_{k}") is not None}
+    for note in cluster.fit_resources(spec.resources, found, given):
+        print(f"cluster: {note}")
+
+
+def take(args, executor: str, hosts, spec: SweepSpec, out: Path, todo: list):
+    """Under the sweep's lock: submit the cells (SLURM; returns the jobs), or mark them taken by this
+    process (run here one after another), so that a concurrent grid.py skips them."""
     from ftgrid.launch import submit
+    if executor == "slurm":
+        return submit.SlurmExecutor(out, spec.resources, max_parallel=args.max_parallel).submit(
+            todo, job_name=spec.name) if todo else []
+    if executor == "hostfile" and submit.HostfileExecutor(hosts).missing():
+        return None
+    for cell_dir in todo:
+        submit.mark_submitted(cell_dir, executor, None)
+    return None
+
+
+def run(args, executor: str, hosts, out: Path, todo: list, jobs) -> int:
+    from ftgrid.launch import submit
+    if not todo:
+        in_flight = sum(rundir.read_status(d)["state"] in submit.IN_FLIGHT for d in report.cell_dirs(out))
+        if in_flight:
+            print(f"nothing to run here: {in_flight} cell(s) in flight (another grid.py or SLURM runs them); "
+                  f"follow with: python launch/grid.py --status {out}")
+            return 0
     if executor == "slurm":
         if not todo:
             return print_results(out)
-        slurm = submit.SlurmExecutor(out, spec.resources, max_parallel=args.max_parallel)
-        jobs = slurm.submit(todo, job_name=spec.name)
         if not args.wait:
             print(f"submitted {len(jobs)} cell(s); follow with: python launch/grid.py --status {out}")
             return 0
-        slurm.wait(jobs, todo)
+        submit.SlurmExecutor.wait(jobs, todo)
         return print_results(out)
     if executor == "hostfile":
         runner = submit.HostfileExecutor(hosts)

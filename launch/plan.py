@@ -20,8 +20,14 @@ What it models (bytes are per GPU):
   (no s^2 term; Korthikanti's 34·s·b·h generalised to the family's layers): norm inputs (fp32 under
   autocast), q/k/v and the attention output, the MLP activation's inputs, dropout masks, the inputs
   of layers whose weight trains (full fine-tuning) and of LoRA adapters (a calibrated bytes-per-input
-  coefficient). Gradient checkpointing keeps each layer's input plus one layer recomputed. MoE blocks
-  keep the top-k experts' activations. `attn_implementation: eager` adds Korthikanti's 5·a·s term.
+  coefficient). Gradient checkpointing keeps each layer's input, plus the larger of the logits and
+  one recomputed layer (they never coexist: the peak is at the loss's backward or at a recompute).
+  MoE blocks keep the top-k experts' activations. `attn_implementation: eager` adds Korthikanti's
+  5·a·s term. Packed rows (ftgrid.execution decides, as the entrypoint runs them) carry a
+  block-diagonal mask: SDPA's memory-efficient kernel keeps a 16-bit s² bias per row and layer, and
+  grouped-query K/V are expanded to every head. LoRA on some layers only (`h.22.attn.c_attn`)
+  counts those layers; layers below the first adapted one keep nothing (no grad flows there).
+- The reference for all of this is launch/trace.py (a training step traced on the meta device).
 - Logits: fp32 log-softmax output, its gradient and the gradient of its input (12 B per logit).
 - The peak is the larger of two moments: the end of the forward pass (all activations alive,
   gradients not yet allocated unless accumulating) and the optimizer step (all gradients, no
@@ -40,10 +46,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from ftgrid.cli import CliParser
-from ftgrid.errors import ConfigError, did_you_mean
+from ftgrid import schema as run_config
+from ftgrid import validate
+from ftgrid.errors import ConfigError, did_you_mean, one_line
+from ftgrid.execution import execution
+from ftgrid.yamlio import load_yaml_text
 from ftgrid.registry import REGISTRY_FILE, ModelSpec, model_spec
 from ftgrid.schema import LORA_METHODS, METHODS, OPTIMIZERS, PRECISIONS, RunConfig, causal_lm_loss
 
@@ -58,10 +67,13 @@ OFFLOADS = ("none", "optimizer", "optimizer+params")
 # Coefficients. The first three are calibrated on the H100 points in measured_peaks.csv; the rest
 # are physical constants or library defaults.
 COEFFS = {
-    # Bytes kept per element of a LoRA adapter's input (16-bit run). Physically 2 (the 16-bit copy
-    # lora_A saves) plus 1 for the dropout mask when lora_dropout > 0; the measured gap between LoRA
-    # on all linear layers and on query_key_value (pythia-1.4b, 47.61 - 35.65 GiB) gives 2.66.
-    "lora_input_bytes": 2.66,
+    # Bytes kept per element of a LoRA adapter's input (16-bit run): the 16-bit copy lora_A saves (2)
+    # plus the fused dropout's 1-byte mask when lora_dropout > 0 (PEFT casts the input to the fp32
+    # adapter dtype first; that copy is freed). The meta-device trace (launch/trace.py) counts 3.0.
+    "lora_input_bytes": 3.0,
+    # DeepSpeed ZeRO-3 default sub_group_size: fp32 gradients are built (and the optimizer steps) one
+    # sub-group of this many parameters at a time.
+    "z3_sub_group_size": 1e9,
     # Allocated transients on top of the modelled terms at the peak (cross-entropy and attention
     # backward scratch, cuBLAS workspaces, small buffers): the common residual of the three points.
     "transients_gib": 0.65,
@@ -78,7 +90,7 @@ COEFFS = {
 }
 
 # Optimizer state bytes per trainable parameter (the optimizer the Trainer builds from RunConfig).
-OPTIMIZER_BYTES = {"adamw": 8.0, "adamw-8bit": 2.0, "paged-adamw-8bit": 2.0, "adafactor": 0.1}
+OPTIMIZER_BYTES = {"adamw": 8.0, "adamw-8bit": 2.0, "paged-adamw-8bit": 2.0, "adafactor": 0.1, "sgd": 0.0}
 
 # ---------------------------------------------------------------------------------------------
 # GPU presets (data in gpus.yaml)
@@ -99,7 +111,7 @@ class GpuPreset:
 
 
 def _load_presets() -> dict[str, GpuPreset]:
-    data = yaml.safe_load(GPUS_FILE.read_text())
+    data = load_yaml_text(GPUS_FILE.read_text(), str(GPUS_FILE))
     frag = float(data.get("fragmentation", 0.0))
     out = {}
     for name, p in data["presets"].items():
@@ -172,7 +184,7 @@ class _Geometry:
 
 @functools.lru_cache(maxsize=1)
 def _families() -> dict:
-    return yaml.safe_load(REGISTRY_FILE.read_text())["families"]
+    return load_yaml_text(REGISTRY_FILE.read_text(), str(REGISTRY_FILE), aliases=True)["families"]
 
 
 _DIM_TERM = re.compile(r"^(\d*)([a-z]+)$")
@@ -192,12 +204,13 @@ def _dim(expr, env: dict) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _geometry(spec: ModelSpec) -> _Geometry:
-    arch = dict(_families()[spec.family].get("arch") or {})
+    # a model read from its config (ftgrid.autospec) carries its own arch facts and measured counts
+    arch = dict(spec.arch or _families()[spec.family].get("arch") or {})
     if not arch.get("linears"):
         raise ConfigError(f"family {spec.family!r} has no `arch.linears` in models.yaml: the planner "
                           "cannot count its layers")
     heads = spec.heads
-    hd = spec.hidden // heads
+    hd = int(arch.get("head_dim") or spec.hidden // heads)
     env = {"h": spec.hidden, "q": heads * hd, "kv": (spec.kv_heads or heads) * hd, "ffn": spec.ffn}
     h = spec.hidden
 
@@ -236,7 +249,7 @@ def _geometry(spec: ModelSpec) -> _Geometry:
         head = (0 if spec.tied else spec.vocab * h) + (spec.vocab if arch.get("lm_head_bias") else 0)
         head_out = spec.vocab
     layer_params = [enc_layer] * stacks[0].layers + ([dec_layer] * stacks[1].layers if len(stacks) > 1 else [])
-    total = embed + head + len(stacks) * per_stack + sum(layer_params)
+    total = int(arch.get("params") or embed + head + len(stacks) * per_stack + sum(layer_params))
 
     quant = sum(st.layers * sum(lin.din * lin.dout for lin in st.linears) for st in stacks)
     linear_w = quant + sum(st.layers for st in stacks) * (
@@ -246,7 +259,8 @@ def _geometry(spec: ModelSpec) -> _Geometry:
     largest_quant = max(lin.din * lin.dout for st in stacks for lin in st.linears)
     return _Geometry(
         spec=spec, arch=arch, h=h, q=env["q"], kv=env["kv"], f=spec.ffn, heads=heads, stacks=stacks,
-        experts=experts, head_out=head_out, total=total, block_params=max(enc_layer, dec_layer if cross else 0),
+        experts=experts, head_out=head_out, total=total,
+        block_params=int(arch.get("block_params") or max(enc_layer, dec_layer if cross else 0)),
         head_params=max(spec.vocab * h, head), quant_weights=quant, largest_quant=largest_quant,
         linear_weights=linear_w, classifier=classifier)
 
@@ -259,7 +273,26 @@ def resolve_targets(spec: ModelSpec, targets) -> tuple[str, ...]:
         return tuple(spec.linear)
     if isinstance(targets, str):
         targets = [t for t in targets.split(",") if t]
-    return tuple(str(t).rsplit(".", 1)[-1] for t in targets)
+    return tuple(_target_name(str(t)) for t in targets)
+
+
+def _target_name(target: str) -> str:
+    """A module name, or `name@i` for a suffix that names one layer (`h.22.attn.c_attn` -> c_attn@22)."""
+    parts = target.split(".")
+    layer = [p for p in parts[:-1] if p.isdigit()]
+    return f"{parts[-1]}@{layer[-1]}" if layer else parts[-1]
+
+
+def _first_targeted_layer(targets, layers: int) -> int:
+    indices = [int(t.split("@")[1]) for t in targets if "@" in t and int(t.split("@")[1]) < layers]
+    return min(indices, default=0)
+
+
+def _layers_targeted(targets, name: str, layers: int) -> int:
+    """How many of a stack's `layers` carry an adapter on the linear `name`."""
+    if name in targets:
+        return layers
+    return len({int(i) for t in targets if "@" in t for n, i in [t.split("@")] if n == name and int(i) < layers})
 
 
 def param_counts(spec: ModelSpec, method: str, rank: int | None, targets) -> tuple[int, int]:
@@ -282,8 +315,9 @@ def param_counts(spec: ModelSpec, method: str, rank: int | None, targets) -> tup
     matched = set()
     for st in geo.stacks:
         for lin in st.linears:
-            if lin.name in names:
-                trainable += st.layers * rank * (lin.din + lin.dout)
+            n = _layers_targeted(names, lin.name, st.layers)
+            if n:
+                trainable += n * rank * (lin.din + lin.dout)
                 matched.add(lin.name)
     if "lm_head" in names and spec.kind != "encoder":
         trainable += rank * (geo.h + spec.vocab)
@@ -321,8 +355,13 @@ def _norm_bytes(arch: dict, h: int, n: int, distinct: int, mode: str, model16: b
 
 @functools.lru_cache(maxsize=4096)
 def _activation_coeffs(spec: ModelSpec, method: str, targets: tuple[str, ...], rank: int, mode: str,
-                       ckpt: bool, eager: bool, lora_dropout: bool) -> tuple[float, float, float]:
-    """(c0, c1, logits): activation bytes per token are c0 + c1·seq_len; logits bytes per token."""
+                       ckpt: bool, eager: bool, lora_dropout: bool, bias: bool = False,
+                       expand_kv: bool = False) -> tuple[float, float, float, float, float]:
+    """(c0, c1, logits, r0, r1): activation bytes per token are c0 + c1·seq_len; logits bytes per
+    token; with gradient checkpointing r0 + r1·seq_len per token is the one layer being recomputed
+    (it never coexists with the logits: see _cell_terms). `bias`: SDPA's memory-efficient kernel
+    keeps a 16-bit (s x s) bias per row and layer (a mask is present: packed rows); `expand_kv`:
+    transformers expands grouped-query K/V to every head before such an SDPA call."""
     geo = _geometry(spec)
     arch = geo.arch
     h, q, kv, f, a = geo.h, geo.q, geo.kv, geo.f, geo.heads
@@ -346,12 +385,14 @@ def _activation_coeffs(spec: ModelSpec, method: str, targets: tuple[str, ...], r
         # through the v view; rotary makes new q and k), the output and the log-sum-exp
         if arch.get("qkv") == "fused":
             attn = act_b * (q + 2 * kv) + (act_b * (q + kv) if arch.get("pos_emb") == "rotary" else 0)
+            attn += act_b * 2 * q if expand_kv else 0      # the expanded copies beside the fused output
         else:
-            attn = act_b * (q + 2 * kv)
+            attn = act_b * (q + 2 * (q if expand_kv else kv))
         attn += act_b * q + 4 * a
         if st.cross:
             attn += act_b * (q + 2 * kv) + act_b * q + 4 * a
         per_s = (5 * a * (2 if st.cross else 1) * (2 if mode == "fp32" else 1)) if eager else 0.0
+        per_s += 2.0 if bias and not eager else 0.0
         act = arch.get("act", "gelu")
         if act == "gated":
             mlp = 3 * act_b * f                 # gate (activation input), activation out, up
@@ -383,21 +424,26 @@ def _activation_coeffs(spec: ModelSpec, method: str, targets: tuple[str, ...], r
     one_layer = one_layer_s = 0.0
     for st in geo.stacks:
         per_layer, per_s = block(st)
-        one_layer, one_layer_s = max(one_layer, per_layer), max(one_layer_s, per_s)
+        # adapters on some layers only (`h.22.attn.c_attn`): counted on those layers
+        partial = [(_layers_targeted(targets, lin.name, st.layers), lora_b * lin.din + act_b * rank)
+                   for lin in st.linears if lin.name not in targets]
+        one_layer = max(one_layer, per_layer + sum(b for n, b in partial if n))
+        one_layer_s = max(one_layer_s, per_s)
+        # below the first adapted layer nothing requires grad, so those layers keep nothing
+        # (without checkpointing: PEFT's enable_input_require_grads is only called with it)
+        live = st.layers if full or ckpt or any(lin.name in targets for lin in st.linears) \
+            else st.layers - _first_targeted_layer(targets, st.layers)
         if ckpt:                                 # each layer keeps its input; one layer is recomputed
             c0 += st.layers * resid_b * h
         else:
-            c0 += st.layers * per_layer
-            c1 += st.layers * per_s
+            c0 += live * per_layer + sum(n * b for n, b in partial)
+            c1 += live * per_s
         if arch.get("embed_dropout"):
             c0 += h
         if arch.get("embed_norm"):
             c0 += _norm_bytes(arch, h, 1, 1, mode, model16, full)
         if arch.get("final_norm"):
             c0 += _norm_bytes(arch, h, 1, 1, mode, model16, full)
-    if ckpt:
-        c0 += one_layer
-        c1 += one_layer_s
     # the head's input, when the head trains (full) or carries an adapter / is trained by PEFT
     if full:
         c0 += act_b * h
@@ -406,7 +452,9 @@ def _activation_coeffs(spec: ModelSpec, method: str, targets: tuple[str, ...], r
     elif geo.classifier and method in LORA_METHODS:
         c0 += act_b * h + h
     logits = COEFFS["logits_bytes"] * geo.head_out
-    return c0, c1, logits
+    # a recomputed layer's own backward adds the gradients of its widest intermediates (MLP gate/up)
+    recompute = one_layer + 2 * act_b * f * (k if spec.experts else 1)
+    return c0, c1, logits, (recompute if ckpt else 0.0), (one_layer_s if ckpt else 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,6 +478,7 @@ class Plan:
     phase: str = "forward"                 # forward: end of forward (activations) | step: optimizer step
     forward_gib: float = 0.0               # the two moments the peak is the larger of
     step_gib: float = 0.0
+    activation_gib: float = 0.0            # activations + logits of the micro batch (end of forward)
     params: int = 0
     trainable: int = 0
     notes: tuple = ()
@@ -445,7 +494,7 @@ class Plan:
             "breakdown": dict(self.breakdown), "host_ram_gib": self.host_ram_gib, "zero": self.zero,
             "offload": self.offload, "gpu": self.gpu, "gpus": self.gpus, "micro_batch": self.micro_batch,
             "seq_len": self.seq_len, "phase": self.phase, "forward_gib": self.forward_gib,
-            "step_gib": self.step_gib, "params": self.params,
+            "step_gib": self.step_gib, "activation_gib": self.activation_gib, "params": self.params,
             "trainable": self.trainable, "notes": list(self.notes),
         }
 
@@ -489,7 +538,7 @@ class _Cell:
 def _cell_terms(spec: ModelSpec, method: str, rank: int, targets: tuple, seq_len: int, ckpt: bool,
                 precision: str, optimizer: str, grad_accum: int, lora_dropout: bool, eager: bool,
                 preset: GpuPreset, gpus: int, zero: int, offload: str,
-                loss_chunk: int = 0) -> tuple[_Cell, str, float, tuple]:
+                loss_chunk: int = 0, bias: bool = False, expand_kv: bool = False) -> tuple[_Cell, str, float, tuple]:
     geo = _geometry(spec)
     full = method == "full"
     total, trainable = _counts(spec, method, rank, targets)
@@ -506,7 +555,8 @@ def _cell_terms(spec: ModelSpec, method: str, rank: int, targets: tuple, seq_len
     if full:
         frozen = 0.0
     elif qb is not None:
-        frozen = (geo.total - geo.quant_weights) * wb + geo.quant_weights * qb
+        # PEFT's prepare_model_for_kbit_training upcasts every weight bitsandbytes left alone to fp32
+        frozen = (geo.total - geo.quant_weights) * 4 + geo.quant_weights * qb
         if spec.experts:
             notes.append("MoE experts are fused 3-D parameters in transformers 5: bitsandbytes "
                          "leaves them 16-bit")
@@ -538,6 +588,8 @@ def _cell_terms(spec: ModelSpec, method: str, rank: int, targets: tuple, seq_len
                        max(COEFFS["z3_max_live_params"] * wb, block + wb * geo.head_params))
         g16 = wb * trainable / (1 if zero == 1 else n)
         g32 = (4.0 * trainable / n) if sixteen else 0.0
+        if zero == 3:           # ZeRO-3 builds fp32 gradients (and steps) one sub-group at a time
+            g32 = min(g32, 4.0 * COEFFS["z3_sub_group_size"]) if sixteen else 0.0
         o = ((4.0 if sixteen else 0.0) + ob) * trainable / n
         host_off = 0.0
         if offload in ("optimizer", "optimizer+params"):
@@ -549,12 +601,13 @@ def _cell_terms(spec: ModelSpec, method: str, rank: int, targets: tuple, seq_len
             host_off += w
             w = 0.0
         buckets = 2 * wb * geo.h * geo.h     # reduce bucket ("auto": hidden^2), double-buffered by overlap_comm
-        fwd = {"weights": w, "gradients": g16 if grad_accum > 1 else 0.0, "optimizer": o,
+        # ZeRO-3 allocates its 16-bit gradient partition at init; stages 1-2 only when accumulating
+        fwd = {"weights": w, "gradients": g16 if grad_accum > 1 or zero == 3 else 0.0, "optimizer": o,
                "buffers": live + buckets + dequant}
         step = {"weights": w, "gradients": g16 + g32, "optimizer": o, "buffers": buckets}
 
-    c0, c1, logits = _activation_coeffs(spec, method, targets if not full else (), rank if not full else 0,
-                                        mode, ckpt, eager, lora_dropout)
+    c0, c1, logits, r0, r1 = _activation_coeffs(spec, method, targets if not full else (), rank if not full else 0,
+                                                mode, ckpt, eager, lora_dropout, bias, expand_kv)
     tokens = seq_len
     if loss_chunk:
         # finetune.losses' chunked loss: no (tokens x vocab) logits. It keeps the gradient of the head's
@@ -565,6 +618,10 @@ def _cell_terms(spec: ModelSpec, method: str, rank: int, targets: tuple, seq_len
         chunk = loss_chunk * geo.head_out * (4 + act_b)
         head = geo.head_out * geo.h * (4 + 2) if full else 0.0
         fwd = dict(fwd, buffers=fwd["buffers"] + chunk + head)
+    if ckpt:
+        # the peak is at the loss's backward (checkpoints + logits) or at one layer's recompute
+        # (checkpoints + that layer): the logits are freed before any layer is recomputed
+        c0 += max(0.0, r0 + r1 * seq_len - logits)
     cell = _Cell(fixed_fwd=fwd, per_sample_act=tokens * (c0 + c1 * seq_len),
                  per_sample_logits=tokens * logits, step=step,
                  slack=COEFFS["transients_gib"] * GIB if preset.device == "cuda" else 0.0)
@@ -632,14 +689,18 @@ def plan_cell(run: dict, *, gpu: str, gpus: int = 1, zero: int = 0, offload: str
     lora_dropout = float(_get(run, "lora_dropout")) > 0
     eager = run.get("attn_implementation") == "eager"
     ckpt = bool(_get(run, "grad_ckpt"))
-    # The entrypoint's chunked loss runs for a causal model's LM loss (sft, summarization); DPO and
-    # classification heads keep the stock loss.
-    chunked = bool(_get(run, "chunked_loss")) and causal_lm_loss(_get(run, "task"), spec)
-    loss_chunk = _positive_int("loss_chunk_size", _get(run, "loss_chunk_size")) if chunked else 0
+    # What the entrypoint will run (ftgrid.execution, shared with finetune): the chunked loss for a
+    # causal model's LM loss unless ZeRO-3 forces the stock one; packed rows' block-diagonal mask.
+    exe = execution(spec, task=_get(run, "task"), packing=_effective_packing(run, spec),
+                    chunked_loss=bool(_get(run, "chunked_loss")), zero=zero,
+                    attn_implementation=run.get("attn_implementation") or "sdpa")
+    loss_chunk = _positive_int("loss_chunk_size", _get(run, "loss_chunk_size")) if exe.loss == "chunked" else 0
 
     cell, mode, host_off, notes = _cell_terms(
         spec, method, rank, targets, seq_len, ckpt, precision, optimizer, grad_accum, lora_dropout,
-        eager, preset, gpus, zero, offload, loss_chunk)
+        eager, preset, gpus, zero, offload, loss_chunk, exe.attention_bias, exe.expand_kv)
+    if exe.loss_reason:
+        notes = notes + (f"stock loss (full logits counted): {exe.loss_reason}",)
     capacity = preset.capacity_gib * GIB
     peak = _peak_bytes(cell, micro_batch)
     phase, terms = _peak_terms(cell, micro_batch)
@@ -677,7 +738,15 @@ def plan_cell(run: dict, *, gpu: str, gpus: int = 1, zero: int = 0, offload: str
                 max_micro_batch=best, host_ram_gib=round(host / GIB, 2), zero=zero, offload=offload,
                 gpu=preset.name, gpus=gpus, micro_batch=micro_batch, seq_len=seq_len, phase=phase,
                 forward_gib=round((fwd0 + micro_batch * per + slack) / GIB, 3),
-                step_gib=round((step0 + slack) / GIB, 3), params=total, trainable=trainable, notes=notes)
+                step_gib=round((step0 + slack) / GIB, 3), activation_gib=round(micro_batch * per / GIB, 4),
+                params=total, trainable=trainable, notes=notes)
+
+
+def _effective_packing(run: dict, spec: ModelSpec) -> str:
+    packing = _get(run, "packing")
+    if packing == "auto":   # RunConfig.effective_packing: bin packing for a causal LM loss
+        return "bfd" if causal_lm_loss(_get(run, "task"), spec) else "none"
+    return packing
 
 
 def _host_ram(spec, method, total, preset, mode, zero, gpus, local, host_off, peak) -> float:
@@ -695,6 +764,67 @@ def _host_ram(spec, method, total, preset, mode, zero, gpus, local, host_off, pe
         if zero == 3:                                     # zero.Init partitions while loading
             load = load / gpus + COEFFS["host_shard_gib"] * GIB
     return local * (per_proc + max(load, host_off))
+
+
+@dataclass(frozen=True)
+class OomFix:
+    """The cheapest change that makes a predicted-OOM cell fit: run-config and resource changes."""
+    text: str
+    run: dict = field(default_factory=dict, hash=False)         # RunConfig fields to change
+    resources: dict = field(default_factory=dict, hash=False)   # zero, offload, gpus
+
+
+def suggest_fix(run: dict, *, gpu: str, gpus: int = 1, zero: int = 0, offload: str = "none",
+                gpus_per_node: int | None = None, max_gpus: int = 64) -> OomFix | None:
+    """In order of cost: the largest micro batch that fits with the gradient accumulation that keeps
+    the global batch; gradient checkpointing; a ZeRO stage or offload; more GPUs (doubling, ZeRO
+    chosen again). None when the cell fits already or nothing up to `max_gpus` does."""
+    kw = dict(gpu=gpu, gpus_per_node=gpus_per_node)
+    if plan_cell(run, gpus=gpus, zero=zero, offload=offload, **kw).fits:
+        return None
+    mb, ga = int(_get(run, "micro_batch")), int(_get(run, "grad_accum"))
+    for ckpt in ((False, True) if not _get(run, "grad_ckpt") else (True,)):
+        trial = dict(run, grad_ckpt=ckpt)
+        best = plan_cell(dict(trial, micro_batch=1), gpus=gpus, zero=zero, offload=offload, **kw).max_micro_batch
+        fitting = [m for m in range(min(best, mb), 0, -1) if (mb * ga) % m == 0]
+        if fitting:
+            m = fitting[0]
+            change = {"micro_batch": m, "grad_accum": mb * ga // m}
+            if ckpt and not _get(run, "grad_ckpt"):
+                change["grad_ckpt"] = True
+            text = f"micro batch {m} x grad accum {mb * ga // m}" + (" + grad-ckpt" if "grad_ckpt" in change else "")
+            return OomFix(text, change)
+    n = gpus
+    while n <= max_gpus:
+        p = choose_zero(dict(run, grad_ckpt=True), offload=offload, gpus=n, **kw)
+        if p.fits:
+            where = f"{n} GPUs, " if n != gpus else ""
+            return OomFix(f"{where}zero {p.zero}" + (f" offload {p.offload}" if p.offload != "none" else "")
+                          + " + grad-ckpt", {"grad_ckpt": True}, {"zero": p.zero, "offload": p.offload, "gpus": n})
+        n *= 2
+    return None
+
+
+_SLURM_MEM_UNITS = {"K": 2**-20, "M": 2**-10, "G": 1.0, "T": 2**10}
+
+
+def slurm_mem_gib(mem: str) -> float | None:
+    """A SLURM --mem value in GiB (no unit = megabytes); None for "" and 0 (all of the node's memory)."""
+    mem = str(mem or "").strip().upper()
+    if not mem or mem == "0":
+        return None
+    unit = mem[-1] if mem[-1] in _SLURM_MEM_UNITS else "M"
+    return float(mem.rstrip("KMGT")) * _SLURM_MEM_UNITS[unit]
+
+
+def mem_warning(mem: str, plans) -> str | None:
+    """One line when the user's --mem is below the host RAM a cell is predicted to need."""
+    asked = slurm_mem_gib(mem)
+    need = max((p.host_ram_gib for p in plans), default=0.0)
+    if asked is None or asked >= need:
+        return None
+    return (f"warning: --mem {mem} is below the predicted host RAM per node of {need:.0f} GiB "
+            f"(the largest cell); raise it or leave --mem out to use the prediction")
 
 
 def choose_zero(run: dict, *, gpu: str, gpus: int, offload: str = "none",
@@ -734,7 +864,9 @@ def plan_measured(row: dict) -> Plan:
     run = {"model": row["model"], "method": row["method"], "micro_batch": int(row["micro_batch"]),
            "seq_len": int(row["seq_len"]), "grad_ckpt": _truthy(row.get("grad_ckpt", "")),
            # rows without a loss column were measured with the stock HF loss (full fp32 logits)
-           "chunked_loss": (row.get("loss") or "stock").strip() == "chunked"}
+           "chunked_loss": (row.get("loss") or "stock").strip() == "chunked",
+           # rows without a packing column were measured on unpacked fixed-length rows
+           "packing": (row.get("packing") or "none").strip()}
     if row["method"] in LORA_METHODS:
         run["rank"] = int(row["rank"]) if row.get("rank") else None
         targets = (row.get("targets") or "preset").strip()
@@ -748,7 +880,7 @@ def plan_measured(row: dict) -> Plan:
 
 def _parser() -> argparse.ArgumentParser:
     p = CliParser(prog="python -m launch.plan", description="Predict per-GPU peak memory of a fine-tuning cell.")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="registry name, a folder holding config.json, or a hub id")
     p.add_argument("--method", default="lora")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 16)")
     p.add_argument("--target-modules", default="preset", help="preset | all-linear | a,b,c")
@@ -756,12 +888,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=_DEFAULTS.seq_len)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--grad-ckpt", action="store_true")
+    p.add_argument("--packing", default="auto", choices=("auto", "none", "bfd", "flatten"),
+                   help="auto: packed rows for a causal LM loss (their attention mask is counted)")
     p.add_argument("--precision", default="auto")
     p.add_argument("--optimizer", default="adamw")
     p.add_argument("--lora-dropout", type=float, default=_DEFAULTS.lora_dropout)
     p.add_argument("--gpu", default="h100-80gb")
-    p.add_argument("--gpus", type=int, default=1, help="world size (nodes x GPUs per node)")
-    p.add_argument("--gpus-per-node", type=int, default=None)
+    p.add_argument("--gpus", type=validate.arg_int(1, 10_000 * 64), default=1,
+                   help="world size (nodes x GPUs per node)")
+    p.add_argument("--gpus-per-node", type=validate.arg_int(1, 64), default=None,
+                   help="default min(gpus, 8); --gpus must be a multiple of it")
     p.add_argument("--zero", default="0", help="0 | 1 | 2 | 3 | auto")
     p.add_argument("--offload", default="none", help="none | optimizer | optimizer+params")
     p.add_argument("--loss", choices=("chunked", "stock"), default="chunked",
@@ -808,13 +944,19 @@ def main(argv=None) -> int:
         for key in ("micro_batch", "seq_len", "gpus", "grad_accum"):
             if getattr(args, key) <= 0:
                 raise ConfigError(f"{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
+        if args.gpus_per_node and args.gpus % args.gpus_per_node:
+            raise ConfigError(f"--gpus {args.gpus} is not a multiple of --gpus-per-node {args.gpus_per_node} "
+                              f"(gpus is the world size: nodes x GPUs per node)")
         targets = args.target_modules
         if targets not in ("preset", "all-linear"):
             targets = [t for t in targets.split(",") if t]
         run = {"model": spec.name, "method": args.method, "rank": args.rank, "target_modules": targets,
                "micro_batch": args.micro_batch, "seq_len": args.seq_len, "grad_ckpt": args.grad_ckpt,
                "grad_accum": args.grad_accum, "precision": args.precision, "optimizer": args.optimizer,
-               "lora_dropout": args.lora_dropout, "chunked_loss": args.loss == "chunked"}
+               "lora_dropout": args.lora_dropout, "chunked_loss": args.loss == "chunked",
+               "packing": args.packing}
+        # the run-config rules every command shares: bounds, rank <= hidden size, seq_len <= context
+        run_config.from_dict({k: v for k, v in run.items() if v is not None})
         if args.zero == "auto":
             plan = choose_zero(run, gpu=args.gpu, gpus=args.gpus, offload=args.offload,
                                gpus_per_node=args.gpus_per_node)
@@ -822,7 +964,7 @@ def main(argv=None) -> int:
             plan = plan_cell(run, gpu=args.gpu, gpus=args.gpus, zero=int(args.zero), offload=args.offload,
                              gpus_per_node=args.gpus_per_node)
     except ConfigError as e:
-        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.write(f"error: {one_line(e)}\n")
         return 2
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))

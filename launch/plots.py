@@ -38,12 +38,16 @@ def save(fig: Figure, path) -> Path:
     return path
 
 
+# Beyond this a value is damage, not data (a step of 1e308): matplotlib's axis arithmetic overflows on it.
+PLOT_LIMIT = 1e30
+
+
 def _num(value):
     try:
         out = float(value)
     except (TypeError, ValueError):
         return None
-    return out if math.isfinite(out) else None
+    return out if math.isfinite(out) and abs(out) <= PLOT_LIMIT else None
 
 
 def _log2_axis(ax, values) -> None:

@@ -59,7 +59,10 @@ import yaml
 
 from ftgrid import KIT_ROOT, rundir
 from ftgrid.cli import CliParser
-from ftgrid.errors import ConfigError, did_you_mean
+from ftgrid import validate
+from ftgrid.schema import LIMITS
+from ftgrid.launch.spec import SAFE_SLURM_VALUE, slurm_time_minutes
+from ftgrid.errors import ConfigError, did_you_mean, one_line
 from ftgrid.registry import model_spec
 from ftgrid.schema import LORA_METHODS, METHODS
 from ftgrid.launch import plan as planner
@@ -501,13 +504,33 @@ def append_csv(path: Path, points: list[Point], source: str) -> Path:
     return path
 
 
+# measured_peaks.csv columns that hold numbers (empty allowed): checked on read, so a hand-edited file is
+# one error line naming the line and column, not a traceback in the report's OOM map.
+POINT_INTS = ("rank", "zero", "gpus", "micro_batch", "seq_len")
+POINT_FLOATS = ("peak_gib",)
+
+
 def read_points(path: Path) -> list[dict]:
-    """Rows of a measured_peaks.csv ({} for a missing file; comment rows skipped)."""
+    """Rows of a measured_peaks.csv ({} for a missing file; comment rows skipped). Text where a number
+    belongs, or bytes that are not UTF-8, raise ConfigError."""
     try:
-        with open(path, newline="") as fh:
-            return [r for r in csv.DictReader(fh) if r.get("model") and not r["model"].startswith("#")]
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("model") and not r["model"].startswith("#")]
     except OSError:
         return []
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    except csv.Error as e:
+        raise ConfigError(f"{path} is not a valid CSV: {e}") from None
+    for number, row in enumerate(rows, 2):
+        for keys, check, lo in ((POINT_INTS, validate.integer, 0), (POINT_FLOATS, validate.finite, 0.0)):
+            for key in keys:
+                if (row.get(key) or "").strip():
+                    try:
+                        check(key, row[key].strip(), lo)
+                    except ConfigError as e:
+                        raise ConfigError(f"{path} row {number}: {e}") from None
+    return rows
 
 
 def _truthy(text) -> bool:
@@ -687,36 +710,36 @@ class Probe:
 # CLI
 
 
-def _range(text: str, name: str) -> tuple[int, int]:
+def _range(text: str, name: str, top: int) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text or "")
-    if not m or int(m.group(1)) < 1 or int(m.group(1)) > int(m.group(2)):
-        raise ConfigError(f"{name} takes LO:HI with 1 <= LO <= HI, got {text!r}")
+    if not m or int(m.group(1)) < 1 or int(m.group(1)) > int(m.group(2)) or int(m.group(2)) > top:
+        raise ConfigError(f"{name} takes LO:HI with 1 <= LO <= HI <= {top}, got {text!r}")
     return int(m.group(1)), int(m.group(2))
 
 
 def parse_args(argv):
     p = CliParser(prog="python -m launch.probe", description=__doc__.split("\n")[0], epilog=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="registry name(s), comma separated: one map row each")
+    p.add_argument("--model", required=True, help="registry names, model folders or hub ids, comma separated: one map row each")
     p.add_argument("--method", default="lora", help="full | lora | qlora | lora-8bit (comma list allowed)")
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 16)")
+    p.add_argument("--rank", type=validate.arg_int(1, LIMITS["rank"][1]), default=None, help="LoRA rank (default 16)")
     p.add_argument("--target-modules", default="preset", help="preset | all-linear | a,b,c")
-    p.add_argument("--micro-batch", type=int, default=None, help="fixed micro batch (default 1 when the "
+    p.add_argument("--micro-batch", type=validate.arg_int(1, LIMITS["micro_batch"][1]), default=None, help="fixed micro batch (default 1 when the "
                    "sequence length is searched); alone with --seq-len: measure that one cell")
-    p.add_argument("--seq-len", type=int, default=None, help="fixed sequence length (default 2048, or the "
+    p.add_argument("--seq-len", type=validate.arg_int(1, LIMITS["seq_len"][1]), default=None, help="fixed sequence length (default 2048, or the "
                    "model's limit when smaller)")
     p.add_argument("--micro-batch-range", default=None, help="LO:HI, search the micro batch (default 1:64)")
     p.add_argument("--seq-len-range", default=None, help="LO:HI, search the sequence length")
-    p.add_argument("--seq-step", type=int, default=64, help="granularity of a sequence-length search")
+    p.add_argument("--seq-step", type=validate.arg_int(1, 2**20), default=64, help="granularity of a sequence-length search")
     p.add_argument("--grad-ckpt", action="store_true")
     p.add_argument("--loss", choices=("chunked", "stock"), default="chunked",
                    help="the causal-LM loss the tries run: chunked (the entrypoint's default) or stock (fp32 logits)")
     p.add_argument("--gpu", default="h100-80gb", help="the preset of the device the tries run on")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs per try (torchrun on one node)")
+    p.add_argument("--gpus", type=validate.arg_int(1, 64), default=1, help="GPUs per try (torchrun on one node)")
     p.add_argument("--zero", type=int, default=0, choices=planner.ZERO_STAGES)
-    p.add_argument("--steps", type=int, default=3, help="optimizer steps per try")
+    p.add_argument("--steps", type=validate.arg_int(1, 10**6), default=3, help="optimizer steps per try")
     p.add_argument("--guess", default="auto", help="auto (the planner's boundary on GPU presets) | none | N")
-    p.add_argument("--mem-cap-gib", type=float, default=None,
+    p.add_argument("--mem-cap-gib", type=validate.arg_float(0.0, 2.0**20), default=None,
                    help="--gpu cpu only: cap each try's data segment at the import baseline + this")
     p.add_argument("--executor", choices=("local", "slurm"), default="local")
     p.add_argument("--out", default=None, help="probe directory (default runs/probe-<model>-<method>-<axis>)")
@@ -724,11 +747,11 @@ def parse_args(argv):
                    "launch/measured_peaks.csv; on cpu: none)")
     p.add_argument("--no-map", action="store_true", help="skip oom_map.png")
     p.add_argument("--python", default=sys.executable)
-    p.add_argument("--timeout", type=float, default=3600, help="seconds per try")
+    p.add_argument("--timeout", type=validate.arg_float(1.0, 1e7), default=3600, help="seconds per try")
     for key in ("partition", "account", "qos", "mem"):
         p.add_argument(f"--{key}", default="", help=f"slurm: --{key}")
     p.add_argument("--time", default="00:30:00", help="slurm: time limit per try")
-    p.add_argument("--cpus-per-task", type=int, default=0, help="slurm: CPUs per try")
+    p.add_argument("--cpus-per-task", type=validate.arg_int(0, 4096), default=0, help="slurm: CPUs per try")
     return p.parse_args(argv)
 
 
@@ -758,10 +781,11 @@ def build(args) -> Probe:
     if args.guess not in ("auto", "none") and not args.guess.isdigit():
         raise ConfigError(f"--guess takes auto, none or a positive integer, got {args.guess!r}")
     if args.seq_len_range:
-        axis, (lo, hi) = "seq_len", _range(args.seq_len_range, "--seq-len-range")
+        axis, (lo, hi) = "seq_len", _range(args.seq_len_range, "--seq-len-range", LIMITS["seq_len"][1])
         values = candidates(lo, hi, args.seq_step)
     elif args.micro_batch_range or args.micro_batch is None:
-        axis, (lo, hi) = "micro_batch", _range(args.micro_batch_range or "1:64", "--micro-batch-range")
+        axis, (lo, hi) = "micro_batch", _range(args.micro_batch_range or "1:64", "--micro-batch-range",
+                                           LIMITS["micro_batch"][1])
         values = candidates(lo, hi)
     else:
         axis, values = None, []
@@ -789,8 +813,15 @@ def build(args) -> Probe:
                                      ("preset", "all-linear") else targets)
             settings.append(s)
     out = Path(args.out or Path("runs") / f"probe-{models[0]}-{methods[0]}-{axis or 'once'}")
+    validate.writable_dir(out, "--out")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file")
+    validate.executable(args.python)  # every try runs it: checked before bases/ and data/ are written
+    if args.executor == "slurm":
+        for key in ("partition", "account", "qos", "mem", "time"):
+            if not SAFE_SLURM_VALUE.fullmatch(getattr(args, key)):
+                raise ConfigError(f"--{key} {getattr(args, key)!r} has characters SLURM does not take")
+        slurm_time_minutes(args.time)
     if args.executor == "slurm" and not shutil.which("sbatch"):
         raise ConfigError("--executor slurm needs sbatch on PATH")
     runner_kw = dict(python=args.python)
@@ -809,7 +840,7 @@ def main(argv=None) -> int:
     try:
         probe = build(args)
     except ConfigError as e:
-        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.write(f"error: {one_line(e)}\n")
         return 2
     try:
         if probe.cap_gib is not None:
@@ -820,7 +851,7 @@ def main(argv=None) -> int:
                   f"{probe.runner.data_limit / GIB:.2f} GiB (RLIMIT_DATA)")
         result = probe.run()
     except ProbeError as e:
-        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.write(f"error: {one_line(e)}\n")
         return 1
     written = finish(probe, result, args.csv, draw=not args.no_map)
     print("wrote " + ", ".join(str(p) for p in written))

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import jinja2
 import yaml
@@ -26,12 +28,17 @@ HOSTFILE = "hosts.txt"  # the sweep's copy of --hostfile, next to its cells
 _YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's emitter where installed
 
 
+@functools.lru_cache(maxsize=4096)  # the same interpreter and project paths in every cell
+def _shquote(value) -> str:
+    return shlex.quote(str(value))
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([PROJECT_ROOT / "slurm_templates", PROJECT_ROOT / "ds_configs"]),
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
         trim_blocks=False, lstrip_blocks=False, auto_reload=False)  # no stat of the template per render
-    env.filters["shquote"] = lambda value: shlex.quote(str(value))
+    env.filters["shquote"] = _shquote
     return env
 
 
@@ -43,22 +50,42 @@ def _template(name: str) -> jinja2.Template:
     return ENV.get_template(name)
 
 
-@functools.lru_cache(maxsize=4096, typed=True)  # typed: 1, 1.0 and True dump differently
 def _yaml_item(key: str, value) -> str:
     value = list(value) if isinstance(value, tuple) else value
     return yaml.dump({key: value}, Dumper=_YAML_DUMPER, sort_keys=False)
 
 
+_YAML_ITEMS: dict = {}  # (key, type, value) -> its dump; the type because 1, 1.0 and True dump differently
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")  # a subset of what YAML writes unquoted and as is
+_RESOLVER = yaml.resolver.Resolver()
+
+
+def _plain(text: str) -> bool:
+    """Whether yaml.dump writes this string as is: plain-safe characters, read back as a string (not a
+    bool or null like `yes`, `off`, `null`), and no spaces, so it is never folded."""
+    return (_PLAIN.fullmatch(text) is not None
+            and _RESOLVER.resolve(yaml.ScalarNode, text, (True, False)) == _RESOLVER.DEFAULT_SCALAR_TAG)
+
+
 def yaml_mapping(data: dict) -> str:
-    """yaml.dump of a flat mapping, built from cached per-key dumps: a block mapping's entries are
-    emitted independently, so the text is identical, and most (key, value) pairs repeat across a
-    sweep's cells (PyYAML's representer is otherwise the slowest part of rendering 10k cells)."""
+    """yaml.dump of a flat mapping, built from per-key dumps: a block mapping's entries are emitted
+    independently, so the text is identical. Most (key, value) pairs repeat across a sweep's cells
+    and are dumped once; plain strings (a cell's own name) are written as YAML writes them, without
+    PyYAML's representer (otherwise the slowest part of rendering 10k cells)."""
     out = []
     for key, value in data.items():
+        kind = type(value)
+        memo = (key, kind, tuple(value) if kind is list else value)
         try:
-            out.append(_yaml_item(key, tuple(value) if isinstance(value, list) else value))
+            text = _YAML_ITEMS.get(memo)
         except TypeError:  # unhashable (a nested mapping): dumped as is
-            out.append(yaml.dump({key: value}, Dumper=_YAML_DUMPER, sort_keys=False))
+            text = _yaml_item(key, value)
+        if text is None:
+            if len(_YAML_ITEMS) > 65536:
+                _YAML_ITEMS.clear()
+            plain = kind is str and _plain(key) and _plain(value)  # e.g. the cell's name: new in every cell
+            text = _YAML_ITEMS[memo] = f"{key}: {value}\n" if plain else _yaml_item(key, value)
+        out.append(text)
     return "".join(out)
 
 
@@ -86,17 +113,17 @@ def ds_config(zero: int, offload: str, *, pin_memory: bool = True) -> dict:
     return json.loads(_ds_config_text(zero, offload, pin_memory))
 
 
-def _paths(run_dir: Path, hostfile: Path | None = None) -> dict:
+def _paths(run_dir: Path, hostfile: Path | None = None) -> SimpleNamespace:
     d = str(run_dir)  # plain strings: Path joins cost more than the rest of a cell's context
-    return {"job": f"{d}/job.sbatch", "cell_yaml": f"{d}/cell.yaml", "logs": f"{d}/logs",
-            "status": f"{d}/status.json",
-            "run_deepspeed": f"{d}/run_deepspeed.sh", "run_torchrun": f"{d}/run_torchrun.sh",
-            "hostfile": str(hostfile) if hostfile else None}
+    return SimpleNamespace(job=f"{d}/job.sbatch", cell_yaml=f"{d}/cell.yaml", logs=f"{d}/logs",
+                           status=f"{d}/status.json", run_deepspeed=f"{d}/run_deepspeed.sh",
+                           run_torchrun=f"{d}/run_torchrun.sh", hostfile=str(hostfile) if hostfile else None)
 
 
 def _common(cell, plan, run_dir: Path, ctx: Context) -> dict:
+    # Objects, not dicts: Jinja reads `x.y` with getattr first, and on a dict that is an exception per lookup.
     res = cell.resources
-    return dict(cell=cell, sweep=ctx.sweep, res=res.__dict__, plan=plan, paths=_paths(run_dir, ctx.hostfile),
+    return dict(cell=cell, sweep=ctx.sweep, res=res, plan=plan, paths=_paths(run_dir, ctx.hostfile),
                 python=ctx.python, train_py=ctx.train_py, project_root=ctx.project_root,
                 nproc_per_node=res.nproc_per_node)
 

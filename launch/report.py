@@ -32,6 +32,7 @@ import argparse
 import csv
 import io
 import math
+import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -41,20 +42,21 @@ import yaml
 
 from ftgrid import rundir
 from ftgrid.cli import CliParser
+from ftgrid import validate
 from ftgrid.yamlio import load_yaml_text
-from ftgrid.errors import ConfigError
+from ftgrid.errors import ConfigError, did_you_mean, one_line
 from ftgrid.registry import model_spec
 from ftgrid.schema import LORA_METHODS
 
 COLUMNS = ("cell", "model", "params", "method", "rank", "alpha", "targets", "dataset", "train_rows", "seed",
            "micro_batch", "grad_accum", "world_size", "batch", "epochs", "optimizer", "lr", "min_lr", "warmup",
            "weight_decay", "train_loss", "untrained_eval_loss", "eval_loss", "perplexity", "task_metric_name",
-           "task_metric", "tokens", "tokens_per_second", "time_s", "gpu_hours", "peak_gib", "peak_kind", "status",
-           "error")
+           "task_metric", "judge_score", "tokens", "tokens_per_second", "time_s", "gpu_hours", "peak_gib", "peak_kind",
+           "status", "error")
 # results.md: the researchers' table (columns without any value are left out).
 MD_COLUMNS = ("cell", "model", "params", "method", "rank", "alpha", "batch", "epochs", "optimizer", "lr", "min_lr",
               "warmup", "weight_decay", "train_loss", "untrained_eval_loss", "eval_loss", "perplexity",
-              "task_metric_name", "task_metric", "tokens", "time_s", "gpu_hours", "peak_gib", "status")
+              "task_metric_name", "task_metric", "judge_score", "tokens", "time_s", "gpu_hours", "peak_gib", "status")
 # The headline task metric, by preference (names as finetune/train.py writes them in task_metrics).
 TASK_METRIC_ORDER = ("rougeL", "rouge1", "rouge2", "f1", "accuracy", "reward_accuracy", "reward_margin",
                      "precision", "recall")
@@ -150,7 +152,13 @@ def task_metrics(metrics: dict) -> dict:
     return out
 
 
-def row(cell_dir: Path) -> dict:
+def swept_keys(sweep_dir: Path) -> list[str]:
+    """The run-config keys a sweep varies beyond the built-in axes (sweep.yaml `axes:`): a column each."""
+    axes = _read_yaml(Path(sweep_dir) / "sweep.yaml").get("axes")
+    return [str(k) for k in axes] if isinstance(axes, dict) else []
+
+
+def row(cell_dir: Path, swept=()) -> dict:
     cell_dir = Path(cell_dir)
     cfg = _read_yaml(cell_dir / "cell.yaml")
     plan = _read_dict(cell_dir / "plan.json") or {}
@@ -210,6 +218,11 @@ def row(cell_dir: Path) -> dict:
         "seq_len": _count(cfg.get("seq_len")), "grad_ckpt": cfg.get("grad_ckpt"), "gpu": plan.get("gpu"),
         "zero": plan.get("zero"),
     }
+    for key in swept:  # the sweep's run-config axes, as cell.yaml holds them
+        if out.get(key) is None:
+            value = cfg.get(key)
+            out[key] = ";".join(map(str, value)) if isinstance(value, list) else value
+    out["swept"] = list(swept)
     out["task_metrics"] = tasks
     out.update({k: v for k, v in tasks.items() if k not in out})
     history = metrics.get("history")
@@ -218,7 +231,8 @@ def row(cell_dir: Path) -> dict:
 
 
 def collect(sweep_dir: Path) -> list[dict]:
-    rows = [row(d) for d in cell_dirs(sweep_dir)]
+    swept = swept_keys(sweep_dir)
+    rows = [row(d, swept) for d in cell_dirs(sweep_dir)]
     _label(rows)
     return rows
 
@@ -226,11 +240,12 @@ def collect(sweep_dir: Path) -> list[dict]:
 def _label(rows: list[dict]) -> None:
     """A short label per row for plots: the settings that differ between the sweep's cells."""
     keys = ("model", "method", "rank", "alpha", "lr", "dataset", "seed", "micro_batch", "seq_len")
+    keys += tuple(k for k in dict.fromkeys(k for r in rows for k in r.get("swept", ())) if k not in keys)
     varying = [k for k in keys if len({str(r.get(k)) for r in rows}) > 1]
     short = {"model": "", "method": "", "rank": "r", "alpha": "a", "lr": "lr", "dataset": "", "seed": "s",
              "micro_batch": "mb", "seq_len": "seq"}
     for r in rows:
-        parts = [f"{short[k]}{_fmt(r.get(k))}" for k in varying]
+        parts = [f"{short.get(k, k + '=')}{_fmt(r.get(k))}" for k in varying]
         r["label"] = " ".join(parts) if parts else r["cell"]
 
 
@@ -266,10 +281,20 @@ def markdown(rows: list[dict], columns=MD_COLUMNS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def with_swept(rows: list[dict], columns) -> list[str]:
+    """`columns` with the sweep's run-config axes (not already there) before the losses."""
+    swept = [k for k in dict.fromkeys(k for r in rows for k in r.get("swept", ())) if k not in columns]
+    cols = list(columns)
+    at = cols.index("train_loss") if "train_loss" in cols else len(cols)
+    return cols[:at] + swept + cols[at:]
+
+
 def csv_columns(rows: list[dict]) -> list[str]:
-    """COLUMNS, then one column per task metric any cell reported (rougeL, f1, reward_accuracy, ...)."""
-    extra = sorted({k for r in rows for k in (r.get("task_metrics") or {}) if k not in COLUMNS})
-    return list(COLUMNS) + extra
+    """COLUMNS (with the swept run-config keys), then one column per task metric any cell reported
+    (rougeL, f1, reward_accuracy, ...)."""
+    columns = with_swept(rows, COLUMNS)
+    extra = sorted({k for r in rows for k in (r.get("task_metrics") or {}) if k not in columns})
+    return columns + extra
 
 
 def to_csv(rows: list[dict], columns=None) -> str:
@@ -282,7 +307,9 @@ def to_csv(rows: list[dict], columns=None) -> str:
 
 
 def shown_columns(rows: list[dict], columns=MD_COLUMNS) -> list[str]:
-    """The columns with a value in at least one row (cell and status always)."""
+    """The columns with a value in at least one row (cell and status always); the default table also
+    shows the sweep's run-config axes."""
+    columns = with_swept(rows, columns) if columns is MD_COLUMNS else columns
     return [c for c in columns if c in ("cell", "status") or any(r.get(c) is not None for r in rows)]
 
 
@@ -302,6 +329,20 @@ def _sort_key(value):
     if num is not None:
         return (0, num, "")
     return (1 if value is not None else 2, 0.0, str(value))
+
+
+class ColumnError(ValueError):
+    """--columns names a column no table has (found before anything is written)."""
+
+
+def check_columns(text: str, rows: list[dict]) -> list[str]:
+    """`--columns a,b` -> [a, b]; an unknown name is an error with the closest known one."""
+    columns = [c.strip() for c in str(text).split(",") if c.strip()]
+    known = csv_columns(rows)
+    for name in columns:
+        if name not in known:
+            raise ColumnError(f"--columns: unknown column {name!r}{did_you_mean(name, known)}")
+    return columns
 
 
 def sort_rows(rows: list[dict], keys) -> list[dict]:
@@ -420,7 +461,11 @@ def probe_rows(sweep_dir: Path, probe_csv: str | None, rows: list[dict]) -> list
         models = {r.get("model") for r in rows}
         mine = [p for p in points if p.get("model") in models]
         return mine or points
-    return probe.read_points(Path(sweep_dir) / "measured_peaks.csv")
+    try:
+        return probe.read_points(Path(sweep_dir) / "measured_peaks.csv")
+    except ConfigError as e:  # a damaged file of the sweep's own: no OOM map, the report still stands
+        print(f"warning: no OOM map: {e}", file=sys.stderr)
+        return []
 
 
 def make_plots(sweep_dir: Path, rows: list[dict], probe_csv: str | None = None) -> tuple[list[Path], list[str]]:
@@ -457,14 +502,98 @@ def make_plots(sweep_dir: Path, rows: list[dict], probe_csv: str | None = None) 
 # CLI
 
 
+# ---------------------------------------------------------------------------------------------
+# LLM-as-judge: the user's own command scores each cell's generations.jsonl
+
+
+class JudgeError(ValueError):
+    """The judge command failed or printed something that is not one number per pair: one line."""
+
+
+JUDGE_COLUMN = "judge_score"
+_JUDGED: dict = {}  # (command, file, mtime, size) -> mean score: --watch does not re-judge unchanged files
+
+
+def judge_command(text: str) -> list[str]:
+    """--judge "COMMAND ARGS" -> argv (shlex; run without a shell, so nothing typed reaches one)."""
+    import shlex
+    import shutil
+    try:
+        argv = shlex.split(text)
+    except ValueError as e:
+        raise JudgeError(f"--judge {text!r}: {e}") from None
+    if not argv:
+        raise JudgeError("--judge takes a command, e.g. --judge \"python my_judge.py\"")
+    if shutil.which(argv[0]) is None:
+        raise JudgeError(f"--judge: command {argv[0]!r} not found (not executable, not on PATH)")
+    return argv
+
+
+def judge_cell(argv: list[str], cell_dir: Path) -> float | None:
+    """Mean score of a cell's generations: each {cell, id, prompt, response} is one JSON line on the
+    command's stdin; it prints one number per line, in order. None when the cell has no generations."""
+    import json
+    import subprocess
+    path = Path(cell_dir) / "generations.jsonl"
+    try:
+        stat = path.stat()
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return None
+    key = (tuple(argv), str(path), stat.st_mtime_ns, stat.st_size)
+    if key in _JUDGED:
+        return _JUDGED[key]
+    try:
+        pairs = [json.loads(line) for line in lines]
+    except json.JSONDecodeError:
+        raise JudgeError(f"{path} is damaged (not one JSON object a line); regenerate it") from None
+    if not pairs:
+        return None
+    stdin = "".join(json.dumps({"cell": Path(cell_dir).name, "id": p.get("id"), "prompt": p.get("prompt"),
+                                "response": p.get("response")}, ensure_ascii=False) + "\n" for p in pairs)
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, shell=False)
+    except OSError as e:
+        raise JudgeError(f"judge {argv[0]!r} could not start: {e.strerror or e}") from None
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1][:200]
+        raise JudgeError(f"judge {argv[0]!r} failed on cell {Path(cell_dir).name} (exit {proc.returncode}): {last}")
+    printed = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+    if len(printed) != len(pairs):
+        raise JudgeError(f"judge {argv[0]!r} printed {len(printed)} line(s) for the {len(pairs)} pair(s) of cell "
+                         f"{Path(cell_dir).name}; it must print one number per input line")
+    scores = []
+    for text in printed:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value):
+            raise JudgeError(f"judge {argv[0]!r} printed {text[:80]!r} for cell {Path(cell_dir).name}, not a number")
+        scores.append(value)
+    _JUDGED[key] = sum(scores) / len(scores)
+    return _JUDGED[key]
+
+
+def judge(rows: list[dict], sweep_dir: Path, argv: list[str]) -> None:
+    """Add `judge_score` (the mean over a cell's generations) to every row; no generations anywhere is an error."""
+    for r in rows:
+        r[JUDGE_COLUMN] = judge_cell(argv, Path(sweep_dir) / r["cell"])
+    if not any(r[JUDGE_COLUMN] is not None for r in rows):
+        raise JudgeError(f"no cell in {sweep_dir} has generations.jsonl to judge (python finetune/generate.py "
+                         f"--cell DIR --prompts FILE, or launch/grid.py --generate FILE)")
+
+
 def report_once(sweep_dir: Path, args, draw: bool = True) -> tuple[list[dict], list[Path], list[str]]:
     rows = collect(sweep_dir)
+    if getattr(args, "judge", None):
+        judge(rows, sweep_dir, judge_command(args.judge))
     if args.sort:
         keys = [k.strip() for k in args.sort.split(",") if k.strip()]
         if args.desc:
             keys = [k[1:] if k.startswith("-") else f"-{k}" for k in keys]
         rows = sort_rows(rows, keys)
-    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    columns = check_columns(args.columns, rows) if args.columns else None
     paths = write(sweep_dir, rows, columns=columns, group=args.group, pivots=args.pivot, agg=args.agg)
     skipped = []
     if draw and not args.no_plots:
@@ -503,9 +632,12 @@ def parse_args(argv):
     p.add_argument("--agg", choices=("mean", "min", "max"), default="mean",
                    help="how a pivot reduces several cells in one place (default mean)")
     p.add_argument("--columns", default="", help="results.md columns, comma separated (default: those with values)")
-    p.add_argument("--watch", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--watch", type=validate.arg_float(0.0, 86_400.0), default=None, metavar="SECONDS",
                    help="refresh every SECONDS until no cell is pending, submitted or running")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--judge", default=None, metavar="COMMAND",
+                   help="score generations.jsonl: each {cell, id, prompt, response} JSON line goes to COMMAND's "
+                        "stdin, which prints one number per line; the mean per cell is the judge_score column")
     p.add_argument("--probe-csv", default=None, help="measured points for the OOM map (e.g. launch/measured_peaks.csv)")
     return p.parse_args(argv)
 
@@ -513,7 +645,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     sweep_dir = Path(args.sweep_dir)
-    if not sweep_dir.is_dir():
+    if not os.path.isdir(sweep_dir):  # os.path: False (not OSError) for a name too long for the filesystem
         print(f"error: no sweep directory at {sweep_dir}", file=sys.stderr)
         return 2
     if not is_sweep(sweep_dir):  # never write results.csv into a folder that is no sweep
@@ -525,20 +657,28 @@ def main(argv=None) -> int:
             parse_pivot(spec)
         if args.watch is not None and args.watch <= 0:
             raise ValueError("--watch takes a positive number of seconds")
-        if args.probe_csv and not Path(args.probe_csv).is_file():
-            raise ValueError(f"--probe-csv: no file at {args.probe_csv}")
+        if args.probe_csv and not os.path.isfile(args.probe_csv):
+            raise ValueError(f"--probe-csv: no file at {args.probe_csv!r}")
+        if args.probe_csv:
+            from ftgrid.launch import probe
+            probe.read_points(Path(args.probe_csv))  # text in a number column, non-UTF-8: one line
+        if args.judge is not None:
+            judge_command(args.judge)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    if args.watch is not None:
-        try:
+    try:
+        if args.watch is not None:
             rows, paths, skipped = watch(sweep_dir, args, args.watch)
-        except KeyboardInterrupt:
-            print("stopped watching", file=sys.stderr)
-            return 130
-    else:
-        rows, paths, skipped = report_once(sweep_dir, args)
-    columns = [c.strip() for c in args.columns.split(",")] if args.columns else shown_columns(rows)
+        else:
+            rows, paths, skipped = report_once(sweep_dir, args)
+    except KeyboardInterrupt:
+        print("stopped watching", file=sys.stderr)
+        return 130
+    except (JudgeError, ColumnError) as e:  # before anything is written: both come before the tables
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    columns = check_columns(args.columns, rows) if args.columns else shown_columns(rows)
     print(summary_line(rows))
     if args.group:
         for value, members in groups(rows, args.group).items():

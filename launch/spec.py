@@ -40,7 +40,8 @@ RULE_KEYS = tuple(AXIS_FIELD.values())
 # RunConfig fields a sweep may fix for all its cells (the rest are per-axis or the entrypoint's own).
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig)
                    if f.name not in ("name", "output_dir", "deepspeed", "wandb_group", *RULE_KEYS))
-_RUN_DEFAULTS = dataclasses.asdict(RunConfig())
+# The hash part of a cell id covers values that differ from these (lr: a LoRA cell's default keeps its id).
+_RUN_DEFAULTS = dict(dataclasses.asdict(RunConfig()), lr=run_config.DEFAULT_LR["lora"])
 ZERO_CHOICES = ("0", "1", "2", "3", "auto")
 OFFLOAD_CHOICES = ("none", "optimizer", "optimizer+params")
 LAUNCHERS = ("torchrun", "deepspeed")
@@ -108,7 +109,7 @@ class SweepSpec:
     methods: list = field(default_factory=lambda: ["lora"])
     ranks: list = field(default_factory=lambda: [16])
     alphas: list = field(default_factory=lambda: ["2r"])  # a number, or a multiple of the rank: "2r"
-    lrs: list = field(default_factory=lambda: [2e-4])
+    lrs: list = field(default_factory=lambda: [None])      # None: the method's default (RunConfig.lr)
     datasets: list = field(default_factory=lambda: ["wordnet:small"])
     tasks: list = field(default_factory=lambda: ["sft"])
     seeds: list = field(default_factory=lambda: [0])
@@ -119,6 +120,7 @@ class SweepSpec:
     exclude: list = field(default_factory=list)           # rules: drop cells matching any
     resources: Resources = field(default_factory=Resources)
     axes: dict = field(default_factory=dict)              # any other run-config key -> its values
+    model_weights: dict = field(default_factory=dict)     # model -> its weights folder ({name, weights} entries)
 
 
 @dataclass(frozen=True)
@@ -137,11 +139,27 @@ class Cell:
 def typed_axis(axis: str, values: list) -> list:
     """Axis values from YAML or a comma list, typed like their RunConfig field (YAML reads 1e-4 as text)."""
     name = AXIS_FIELD[axis]
+    if name == "model":  # {name, weights} entries are split by model_entries
+        return [dict(v) if isinstance(v, dict) else str(v) for v in values]
     if name in ("rank", "lr", "seed"):
         return [coerce(name, v) for v in values]
     if name == "alpha":
         return [_alpha_value(v) for v in values]
     return [str(v) for v in values]
+
+
+def model_entries(values: list) -> tuple[list[str], dict[str, str]]:
+    """`models:` entries -> (names, {name: weights folder}); an entry is a name or {name: N, weights: DIR}."""
+    names, weights = [], {}
+    for entry in values:
+        if isinstance(entry, dict):
+            if "name" not in entry or set(entry) - {"name", "weights"}:
+                raise ConfigError(f"a models entry is a name or {{name: NAME, weights: DIR}}, got {entry!r}"[:300])
+            if entry.get("weights") is not None:
+                weights[str(entry["name"])] = str(entry["weights"])
+            entry = entry["name"]
+        names.append(str(entry))
+    return names, weights
 
 
 def typed_axes(axes: dict) -> dict:
@@ -218,7 +236,9 @@ def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
 
 def sbatch_line(line: str) -> tuple[str, str | None]:
     """`--key=value`, `--flag` (or without the dashes) -> (key, value or None)."""
-    text = str(line).strip()
+    if not isinstance(line, str):
+        raise ConfigError(f"sbatch line {line!r} must be text like --key=value or --flag")
+    text = line.strip(" ")  # a newline is not padding: it would end the #SBATCH line
     text = text if text.startswith("--") else "--" + text
     match = SBATCH_LINE.fullmatch(text)
     if not match:
@@ -234,10 +254,11 @@ def sbatch_line(line: str) -> tuple[str, str | None]:
 def container_flags(container: dict) -> list[tuple[str, str | None]]:
     """A `container:` mapping -> pyxis srun flags as (flag, value or None), sorted for stable output."""
     flags = []
-    for raw_key, value in sorted(container.items()):
+    for raw_key, value in sorted(container.items(), key=lambda kv: str(kv[0])):
         key = str(raw_key).removeprefix("--").removeprefix("container-")
         if key in CONTAINER_VALUE_KEYS:
-            if isinstance(value, bool) or value is None or not str(value).strip() or "\n" in str(value):
+            if (not isinstance(value, (str, int, float)) or isinstance(value, bool) or not str(value).strip()
+                    or re.search(r"[\x00-\x1f\x7f]", str(value))):
                 raise ConfigError(f"container {key} takes one line of text, got {value!r}")
             flags.append((f"--container-{key}", str(value)))
         elif key in CONTAINER_FLAG_KEYS:
@@ -253,7 +274,9 @@ def container_flags(container: dict) -> list[tuple[str, str | None]]:
 
 def setup_line(line: str) -> str:
     """A set-up line is shell the user wrote on purpose; it is rendered verbatim, one line each."""
-    text = str(line)
+    if not isinstance(line, str):
+        raise ConfigError(f"setup line {line!r} must be text (one shell line)")
+    text = line
     if any(c in text for c in "\n\r\0"):
         raise ConfigError(f"setup line {text!r} holds a line break: give each shell line separately")
     return text
@@ -391,8 +414,12 @@ def _zip_groups(spec: SweepSpec) -> list[tuple[str, ...]]:
 def name_problems(spec: SweepSpec) -> list[str]:
     """One message per unknown model, method, task, zipped axis or rule key/value."""
     problems = []
-    choices = {"models": sorted(run_config.registry()), "methods": METHODS,
-               "tasks": run_config.TASKS}  # read at call time: finetune adds tasks
+    for model in dict.fromkeys(spec.models):  # a registry name, a folder holding config.json or a hub id
+        try:
+            run_config.model_spec(model)
+        except ConfigError as e:
+            problems.append(str(e))
+    choices = {"methods": METHODS, "tasks": run_config.TASKS}  # read at call time: finetune adds tasks
     for axis, valid in choices.items():
         for value in getattr(spec, axis):
             if value not in valid:
@@ -505,6 +532,8 @@ def axis_label(key: str, value) -> str:
         value = "+".join(str(v) for v in value)
     elif isinstance(value, float):
         value = f"{value:g}"
+    elif value == "":  # e.g. columns "" (the data as it is) next to a mapping
+        value = "-default"
     return f"{key}{value}"
 
 
@@ -552,6 +581,8 @@ def expand(spec: SweepSpec, max_cells: int = MAX_CELLS) -> list[Cell]:
     # Typed like the CLI types them, so `SweepSpec(lrs=["1e-4"])` and `lrs: [1e-4]` in YAML agree.
     spec = dataclasses.replace(spec, axes=typed_axes(spec.axes),
                                **{a: typed_axis(a, list(getattr(spec, a))) for a in AXES})
+    models, weights = model_entries(spec.models)
+    spec = dataclasses.replace(spec, models=models, model_weights={**spec.model_weights, **weights})
     check(spec)
     size = grid_size(spec)
     if size > max_cells:
@@ -569,6 +600,8 @@ def expand(spec: SweepSpec, max_cells: int = MAX_CELLS) -> list[Cell]:
             train["grad_accum"] = accumulation(spec.global_batch, micro, spec.resources.world_size)
         run = dict(train, name="", model=point["model"], method=point["method"], lr=point["lr"],
                    dataset=point["dataset"], task=point["task"], seed=point["seed"], wandb_group=spec.name)
+        if point["model"] in spec.model_weights:  # this model's own weights folder
+            run["weights"] = spec.model_weights[point["model"]]
         lora = point["method"] in LORA_METHODS
         if lora:
             if int(point["rank"]) <= 0:
@@ -595,7 +628,7 @@ def expand(spec: SweepSpec, max_cells: int = MAX_CELLS) -> list[Cell]:
         params = [("model", point["model"]), ("method", point["method"])]
         if lora:
             params += [("rank", point["rank"]), ("alpha", resolved["alpha"])]
-        params += [("lr", point["lr"]), ("dataset", point["dataset"]), ("task", point["task"]),
+        params += [("lr", resolved["lr"]), ("dataset", point["dataset"]), ("task", point["task"]),
                    ("seed", point["seed"])] + [(k, resolved[k]) for k in swept]
         cells.append(Cell(id=cid, index=len(cells), run=resolved, resources=spec.resources,
                           params=tuple(params)))
@@ -608,6 +641,9 @@ def to_yaml_dict(spec: SweepSpec) -> dict:
     """The resolved spec in the sweep-file layout (`--config runs/<sweep>/sweep.yaml` re-creates it)."""
     res = dataclasses.asdict(spec.resources)
     out = {"name": spec.name, **{a: list(getattr(spec, a)) for a in AXES}, "train": dict(spec.train)}
+    models, weights = model_entries(spec.models)
+    weights = {**spec.model_weights, **weights}
+    out["models"] = [{"name": m, "weights": weights[m]} if m in weights else m for m in models]
     if spec.axes:
         out["axes"] = {k: [list(v) if isinstance(v, tuple) else v for v in vs] for k, vs in spec.axes.items()}
     if spec.global_batch is not None:

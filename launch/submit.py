@@ -10,6 +10,8 @@ Every SLURM path runs the cell's own job.sbatch: by hand (`sbatch`) or as an arr
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import shutil
@@ -63,9 +65,12 @@ def record_exit(cell_dir: Path, code: int, log: Path) -> dict:
 
 
 def mark_submitted(cell_dir: Path, executor: str, job_id: str | None) -> dict:
+    """The cell is taken: by a SLURM job, or (no job id) by this process, which runs it here; another
+    grid.py then skips it, and a claim whose process died is released by `refresh`."""
     # A re-run starts clean: the last attempt's error, exit code and log tail are cleared (its log stays in logs/).
+    here = dict(pid=os.getpid(), host=socket.gethostname()) if job_id is None else dict(pid=None, host=None)
     return rundir.write_status(cell_dir, "submitted", executor=executor, job_id=job_id, error=None, exit_code=None,
-                               log_tail=None, slurm_job_id=None)
+                               log_tail=None, slurm_job_id=None, **here)
 
 
 def _clean_env(**extra) -> dict:
@@ -135,6 +140,10 @@ class HostfileExecutor(LocalExecutor):
 # SLURM (submitit)
 
 
+# The cell process each array task runs, by cell folder (kept out of CellTask, which submitit pickles).
+_RUNNING: dict[str, subprocess.Popen] = {}
+
+
 class CellTask:
     """What one array task runs, once per node: the cell's own job.sbatch in its per-node branch
     (FTGRID_NODE=1: submitit's srun already started one task per node), so the array and a hand
@@ -148,8 +157,13 @@ class CellTask:
         log = cell_dir / "logs" / "train.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            code = subprocess.call(["bash", str(cell_dir / "job.sbatch")], stdout=out, stderr=subprocess.STDOUT,
-                                   cwd=PROJECT_ROOT, env=_clean_env(FTGRID_NODE="1"))
+            proc = subprocess.Popen(["bash", str(cell_dir / "job.sbatch")], stdout=out, stderr=subprocess.STDOUT,
+                                    cwd=PROJECT_ROOT, env=_clean_env(FTGRID_NODE="1"))
+            _RUNNING[self.cell_dir] = proc
+            try:
+                code = proc.wait()
+            finally:
+                _RUNNING.pop(self.cell_dir, None)
         if os.environ.get("SLURM_NODEID", "0") == "0":  # the head node speaks for the cell
             record_exit(cell_dir, code, log)
         if code != 0:  # never exit 0 on failure: SLURM must record FAILED
@@ -157,8 +171,30 @@ class CellTask:
         return rundir.read_status(cell_dir).get("state", "unknown")
 
     def checkpoint(self, *args, **kwargs):
+        """submitit's preemption hook, called on SIGUSR2 (its `--signal=USR2@grace`, or `scancel
+        --signal=USR2`). SLURM signals every process of the step, so the cell's ranks got USR2 too and
+        are checkpointing at the end of their step (finetune/train.py handles USR1, USR2 and TERM):
+        wait for the cell to exit, within the grace time, then let submitit requeue the task; its next
+        start resumes from the checkpoint."""
         import submitit
+        proc = _RUNNING.get(self.cell_dir)
+        if proc is not None:
+            wait_exit(proc.pid, SIGNAL_GRACE_S)
         return submitit.helpers.DelayedSubmission(self)
+
+
+def wait_exit(pid: int, timeout_s: float, poll_s: float = 0.2) -> bool:
+    """Until child `pid` has exited (True) or `timeout_s` passed (False). The child is not reaped
+    (WNOWAIT): this runs in a signal handler that interrupted a Popen.wait holding its lock."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:
+            return True
+        time.sleep(poll_s)
+    return False
 
 
 def submitit_parameters(res, job_name: str, max_parallel: int) -> dict:
@@ -203,6 +239,10 @@ def max_array_size(default: int = 1000) -> int:
     return default
 
 
+class SubmitRefused(Exception):
+    """sbatch refused a submission; the message names its reason."""
+
+
 class SlurmExecutor:
     """Submits cells with submitit as job arrays: one `sbatch` call per chunk of `max_array` cells."""
 
@@ -219,14 +259,22 @@ class SlurmExecutor:
         return ex
 
     def submit(self, cell_dirs, job_name: str = "ftgrid") -> list:
+        """Submits the cells; raises SubmitRefused with sbatch's reason when it refuses a chunk (the cells
+        of that chunk and the later ones stay pending)."""
+        from submitit.core.utils import FailedJobError
         from tqdm import tqdm
-        cell_dirs = [Path(d) for d in cell_dirs]
+        from ftgrid.launch.cluster import sbatch_reason
+        cell_dirs = [Path(d).resolve() for d in cell_dirs]  # the tasks run in the project root
         ex = self.executor(job_name)
         jobs = []
         with tqdm(total=len(cell_dirs), desc="submitting", unit="cell") as bar:
             for chunk in chunks(cell_dirs, self.max_array):
-                with ex.batch():  # one sbatch --array for the whole chunk
-                    chunk_jobs = [ex.submit(CellTask(str(d))) for d in chunk]
+                try:  # submitit prints sbatch's stderr before raising: keep it for the one error line
+                    with contextlib.redirect_stderr(io.StringIO()), ex.batch():  # one sbatch --array per chunk
+                        chunk_jobs = [ex.submit(CellTask(str(d))) for d in chunk]
+                except FailedJobError as e:
+                    raise SubmitRefused(f"sbatch refused {len(chunk)} cell(s): {sbatch_reason(str(e))}; "
+                                        f"{len(jobs)} submitted, {len(cell_dirs) - len(jobs)} left pending") from None
                 for d, job in zip(chunk, chunk_jobs):
                     mark_submitted(d, self.name, str(job.job_id))
                     bar.update(1)
@@ -271,8 +319,8 @@ def _job_id(status: dict) -> str | None:
 
 
 def _local_process_gone(status: dict) -> bool:
-    """A cell `running` outside SLURM on this host whose process no longer exists (kill -9, reboot)."""
-    if status.get("state") != "running" or _job_id(status) or status.get("host") != socket.gethostname():
+    """A cell taken or running outside SLURM on this host whose process no longer exists (kill -9, reboot)."""
+    if status.get("state") not in IN_FLIGHT or _job_id(status) or status.get("host") != socket.gethostname():
         return False
     try:
         os.kill(int(status["pid"]), 0)
@@ -288,7 +336,15 @@ def refresh(cell_dirs) -> dict[Path, dict]:
     or running (killed, timed out, died before the entrypoint started) is marked as it ended."""
     statuses = {Path(d): rundir.read_status(d) for d in cell_dirs}
     for d, s in statuses.items():
-        if _local_process_gone(s) and rundir.read_status(d).get("state") == "running":
+        if not _local_process_gone(s):
+            continue
+        if rundir.read_metrics(d) is not None:  # died after writing its results
+            statuses[d] = rundir.write_status(d, "done", recovered="from metrics.json")
+        elif s["state"] == "submitted" and rundir.read_status(d).get("state") == "submitted":
+            # taken by a grid.py that ended (Ctrl-C, kill) before starting it: free for the next run
+            statuses[d] = rundir.write_status(d, "pending", pid=None, host=None,
+                                              error=f"process {s['pid']} took this cell and ended before running it")
+        elif rundir.read_status(d).get("state") == "running":
             statuses[d] = rundir.write_status(
                 d, "failed", log_tail=log_tail(last_log(d)),
                 error=f"process {s['pid']} on {s['host']} died before recording an outcome (killed?); "

@@ -12,9 +12,28 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_PY = ROOT / "finetune" / "train.py"
 
+# The one ceiling on a child process: it fails a test whose process is stuck (a hang), never one that is
+# merely slow on a loaded machine. Tests wait on the thing itself (the process, a file, a job state).
+CEILING_S = 1800
+
 # A tiny cell that learns visibly in a few seconds on one CPU core.
 TINY = dict(model="pythia-tiny", rank=8, target_modules="all-linear", lr=3e-3, dataset="wordnet:small",
             seq_len=96, micro_batch=8, max_steps=30, eval_rows=64, logging_steps=5, warmup=0.0)
+
+
+# Credentials planted in a run's environment: they must land in no file and no log.
+SECRETS = {"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567", "HF_TOKEN": "hf_ftgridPlantedSecret42",
+           "HUGGING_FACE_HUB_TOKEN": "hf_ftgridPlantedSecret43"}
+# The shared trained cell (conftest.py `trained_cell`): TINY's 30 steps, tracked by wandb. A key in the
+# environment would mean "online"; WANDB_MODE=offline (set by the tests) wins.
+TRAINED = dict(max_new_tokens=12, wandb_mode="online", wandb_group="sweep-w", wandb_project="ftgrid-test")
+
+
+# The shared 2-process DeepSpeed cells (conftest.py `zero_run`), one per ZeRO stage: the DeepSpeed tests read
+# them and the ZeRO resume tests take them as the uninterrupted reference.
+ZERO = dict(max_steps=16, micro_batch=4, lora_dropout=0.0, logging_steps=4, num_samples=0)
+ZERO_RUNS = {2: dict(ZERO, wandb_mode="offline", wandb_group="sweep-z2"),
+             3: dict(ZERO, num_samples=2, max_new_tokens=8)}
 
 
 def make_cell(cell_dir: Path, zero: int | None = None, offload: str = "none", **overrides) -> Path:
@@ -41,13 +60,13 @@ def clean_env(**extra) -> dict:
     return env
 
 
-def run(cmd: list[str], timeout: float = 300, **env) -> subprocess.CompletedProcess:
+def run(cmd: list[str], timeout: float = CEILING_S, **env) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=clean_env(**env), capture_output=True,
                           text=True, timeout=timeout)
     return proc
 
 
-def train(cell_yaml: Path, *extra, timeout: float = 300, **env) -> subprocess.CompletedProcess:
+def train(cell_yaml: Path, *extra, timeout: float = CEILING_S, **env) -> subprocess.CompletedProcess:
     return run([sys.executable, TRAIN_PY, "--cell", cell_yaml, *extra], timeout=timeout, **env)
 
 
@@ -56,7 +75,7 @@ def torchrun_command(cell_yaml: Path, nproc: int = 2, *launcher_args) -> list[st
             *launcher_args, str(TRAIN_PY), "--cell", str(cell_yaml)]
 
 
-def torchrun(cell_yaml: Path, nproc: int = 2, timeout: float = 400) -> subprocess.CompletedProcess:
+def torchrun(cell_yaml: Path, nproc: int = 2, timeout: float = CEILING_S) -> subprocess.CompletedProcess:
     return run(torchrun_command(cell_yaml, nproc), timeout=timeout)
 
 
@@ -79,7 +98,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def deepspeed_launcher(cell_yaml: Path, nproc: int = 1, timeout: float = 400) -> subprocess.CompletedProcess:
+def deepspeed_launcher(cell_yaml: Path, nproc: int = 1, timeout: float = CEILING_S) -> subprocess.CompletedProcess:
     """The DeepSpeed launcher, as `deepspeed --num_gpus N finetune/train.py --cell ...` (CPU: gloo)."""
     launcher = Path(sys.executable).parent / "deepspeed"
     return run([sys.executable, launcher, "--num_gpus", str(nproc), "--master_port", str(free_port()),

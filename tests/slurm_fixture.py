@@ -12,11 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from cells import CEILING_S, ROOT, SECRETS, explain, run
 
 START_SCRIPT = Path(__file__).resolve().parent / "slurm" / "start_cluster.sh"
 START_TIMEOUT_S = 1200  # a cold start may have to apt-get install slurm first
@@ -38,7 +41,7 @@ class SlurmCluster:
         return getattr(self, key)
 
 
-def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
@@ -109,6 +112,38 @@ def slurm_cluster() -> SlurmCluster:
     return cluster
 
 
+# A tiny cell as a SLURM job: one CPU, memory for torch, a few steps.
+TINY_GRID = ["--models", "pythia-tiny", "--lrs", "3e-3", "--gpu", "cpu", "--cpus-per-task", "1", "--mem", "3G",
+             "--time", "00:10:00", "--max-steps", "8", "--seq-len", "64", "--set", "eval_rows=32",
+             "--executor", "slurm"]
+
+
+@dataclass(frozen=True)
+class SlurmSweep:
+    out: Path            # the sweep folder
+    broken: Path         # the data file that leaves its cell nothing to train on
+    args: list           # launch/grid.py arguments that made it (without --wait)
+    proc: subprocess.CompletedProcess  # the submitting grid.py run
+
+
+@pytest.fixture(scope="session")
+def slurm_sweep(slurm_cluster, tmp_path_factory) -> SlurmSweep:
+    """One sweep on the real SLURM serving the array, status, re-run and secrets checks: three cells as one
+    job array run one at a time (--max-parallel 1), two that train and one whose dataset passes the grid's
+    layout check (alpaca columns) but has only empty responses, so it fails at run time; credentials in the
+    submitting environment (the jobs inherit them) and wandb offline."""
+    work = tmp_path_factory.mktemp("slurm_sweep")
+    broken = work / "broken.jsonl"
+    broken.write_text("".join(f'{{"instruction": "word {i}", "input": "", "output": ""}}\n' for i in range(64)))
+    out = work / "sweep"
+    args = ["--name", "shared", "--out", str(out), "--ranks", "2,4", "--datasets", f"wordnet:small,{broken}",
+            "--exclude", f"dataset={broken},rank=4", *TINY_GRID, "--max-parallel", "1",
+            "--set", "wandb_mode=offline"]
+    proc = run([sys.executable, ROOT / "launch" / "grid.py", *args, "--wait"], **SECRETS)
+    assert proc.returncode in (0, 1), explain(proc)
+    return SlurmSweep(out, broken, args, proc)
+
+
 def sacct_rows(job_id, fields, steps: bool = False, duplicates: bool = False) -> list[dict[str, str]]:
     """sacct rows of a job as dicts keyed by the requested field names.
 
@@ -128,7 +163,7 @@ def sacct_rows(job_id, fields, steps: bool = False, duplicates: bool = False) ->
     return [dict(zip(fields, line.split("|"))) for line in proc.stdout.splitlines() if line]
 
 
-def wait_for_file(path: Path, job_id, timeout: float = 300) -> None:
+def wait_for_file(path: Path, job_id, timeout: float = CEILING_S) -> None:
     """Until a job's run writes `path` (e.g. a checkpoint: training is under way)."""
     deadline = time.monotonic() + timeout
     while not Path(path).exists():
@@ -141,7 +176,7 @@ def run_states(job_id) -> list[str]:
     return [r["State"].split()[0] for r in sacct_rows(job_id, ["State"], duplicates=True)]
 
 
-def wait_job(job_id, timeout: float = 120, poll: float = 0.5) -> str:
+def wait_job(job_id, timeout: float = CEILING_S, poll: float = 0.5) -> str:
     """Poll sacct until the job is in a terminal state and return that state.
 
     For an array job every task must be terminal; returns COMPLETED if all

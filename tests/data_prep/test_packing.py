@@ -26,6 +26,32 @@ def test_best_fit_decreasing():
         packing.best_fit([9], 8)
 
 
+@pytest.mark.parametrize("num_proc", [None, 2])
+def test_pack_rows_follow_the_best_fit_plan(num_proc):
+    """The columnar packer against the plan read row by row: members concatenated in plan order,
+    positions restarting per example, each example's first label masked; a shuffled (index-mapped)
+    source and worker processes (the packer pickled) give the same rows."""
+    import datasets
+
+    rng = random.Random(1)
+    rows = [[rng.randrange(1, 1000) for _ in range(rng.randrange(1, 60))] for _ in range(300)]
+    labels = [r if k % 2 else [-100] * (len(r) // 2) + r[len(r) // 2:] for k, r in enumerate(rows)]
+    ds = datasets.Dataset.from_dict({"input_ids": rows, "labels": labels, "other": list(range(300))})
+    order = list(range(300))
+    rng.shuffle(order)
+    ds = ds.select(order)
+    rows, labels = [rows[i] for i in order], [labels[i] for i in order]
+    packed = packing.pack(ds, 64, num_proc=num_proc)
+    bins = packing.best_fit([len(r) for r in rows], 64)
+    assert packed.column_names == ["input_ids", "labels", "position_ids", "num_examples"]
+    assert len(packed) == len(bins) < 300
+    for got, members in zip(packed, bins):
+        assert got["input_ids"] == [t for i in members for t in rows[i]]
+        assert got["labels"] == [t for i in members for t in [IGNORE_INDEX] + labels[i][1:]]
+        assert got["position_ids"] == [p for i in members for p in range(len(rows[i]))]
+        assert got["num_examples"] == len(members)
+
+
 @pytest.fixture(scope="module")
 def model():
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -123,19 +149,6 @@ def test_packed_collator_pads_as_a_separate_example(tiny_tok):
     assert batch["input_ids"].shape == (2, 8)
     assert batch["position_ids"][1].tolist() == [0, 1, 0, 1, 2, 3, 4, 5]
     assert batch["labels"][1, 2:].eq(IGNORE_INDEX).all() and "attention_mask" not in batch
-
-
-def test_length_grouped_order():
-    lengths = [random.Random(i).randrange(1, 500) for i in range(1000)]
-    order = packing.length_grouped_order(lengths, batch_size=8, seed=3)
-    assert sorted(order) == list(range(1000)) and order == packing.length_grouped_order(lengths, 8, seed=3)
-    spread = sum(max(lengths[j] for j in order[k:k + 8]) - min(lengths[j] for j in order[k:k + 8])
-                 for k in range(0, 1000, 8))
-    shuffled = list(range(1000))
-    random.Random(3).shuffle(shuffled)
-    base = sum(max(lengths[j] for j in shuffled[k:k + 8]) - min(lengths[j] for j in shuffled[k:k + 8])
-               for k in range(0, 1000, 8))
-    assert spread < base / 5  # batches of similar lengths: little padding
 
 
 @pytest.mark.slow

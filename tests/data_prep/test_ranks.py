@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cells import CEILING_S
+
 WORKER = Path(__file__).with_name("rank_worker.py")
 
 
@@ -22,7 +24,7 @@ def test_rank1_waits_for_rank0_cache_and_does_not_tokenize(tmp_path):
                    HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         procs.append(subprocess.Popen([sys.executable, str(WORKER), str(tmp_path)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    deadline = time.time() + 240
+    deadline = time.time() + CEILING_S
     for p in procs:
         out, _ = p.communicate(timeout=max(1, deadline - time.time()))
         assert p.returncode == 0, out[-3000:]

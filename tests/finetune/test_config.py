@@ -40,7 +40,9 @@ def test_relative_deepspeed_path_resolves_against_the_cell_folder(tmp_path):
     ({"deepspeed": "/nonexistent/ds.json"}, "deepspeed config not found"),
     ({"task": "summarise"}, "unknown task 'summarise' (did you mean 'summarization'?)"),
     ({"model": "roberta-tiny", "task": "sft"}, "task 'sft' does not run on roberta-tiny (encoder); encoder models run: token-classification"),
-    ({"model": "bart-tiny", "task": "dpo"}, "task 'dpo' does not run on bart-tiny (seq2seq); seq2seq models run: summarization"),
+    ({"model": "bart-tiny", "task": "dpo"}, "task 'dpo' does not run on bart-tiny (seq2seq): TRL's DPOTrainer"),
+    ({"model": "bart-tiny", "task": "sft"}, "task 'sft' does not run on bart-tiny (seq2seq): sft is a causal-LM"),
+    ({"model": "roberta-tiny", "task": "sft"}, "encoder models run: token-classification"),
     ({"task": "dpo", "packing": "bfd"}, "packing applies to causal sft and summarization, not 'dpo'"),
     ({"model": "bart-tiny", "task": "summarization", "packing": True}, "packing applies to causal"),
     ({"packing": "zip"}, "unknown packing 'zip'"),
@@ -51,7 +53,7 @@ def test_relative_deepspeed_path_resolves_against_the_cell_folder(tmp_path):
     ({"max_new_tokens": 0}, "max_new_tokens must be positive"),
     ({"num_samples": -1}, "num_samples must be >= 0"),
     ({"eval_every": -5}, "eval_every must be >= 0"),
-    ({"optimizer": "sgd"}, "unknown optimizer 'sgd'"),
+    ({"optimizer": "lion"}, "unknown optimizer 'lion'"),
     ({"max_grad_norm": -1}, "max_grad_norm must be >= 0"),
 ])
 def test_invalid_configs_fail_before_any_model_is_built(data, message):

@@ -1,5 +1,5 @@
 """Methods and training mechanics: QLoRA / 8-bit LoRA on CPU, token-normalised gradient accumulation,
-NEFTune, packing. Each trains a tiny cell in a fresh process, as every launcher does."""
+NEFTune (packing: test_train.py). Each trains a tiny cell in a fresh process, as every launcher does."""
 import pytest
 from safetensors.torch import load_file
 
@@ -70,15 +70,3 @@ def test_neftune_noises_training_embeddings_only(tmp_path, micro8):
     assert abs(losses(m)[0] - losses(micro8)[0]) > 1e-3  # step 1, same weights: only the noise differs
     assert m["eval_loss"] < m["initial_eval_loss"]
 
-
-def test_packing_fills_rows_and_trains(tmp_path):
-    cell, plain = tmp_path / "packed", tmp_path / "plain"
-    proc = train(make_cell(cell, packing="bfd", max_steps=10, num_samples=2, max_new_tokens=8))
-    assert proc.returncode == 0, explain(proc)
-    proc = train(make_cell(plain, packing="none", max_steps=10, num_samples=0))
-    assert proc.returncode == 0, explain(proc)
-    m = metrics(cell)
-    assert 0 < m["data"]["packed_rows"] < m["data"]["train_rows"]
-    assert m["tokens"] > 1.5 * metrics(plain)["tokens"]  # same steps and batch, fuller rows
-    assert m["eval_loss"] < m["initial_eval_loss"] - 0.05
-    assert (cell / "samples.jsonl").read_text().count("\n") == 2  # generation from unpacked eval prompts

@@ -16,15 +16,18 @@ from tests import cells
 
 pytestmark = pytest.mark.slow
 
-RESUME = dict(max_steps=40, save_every=5, num_samples=0)
+# The shared trained cell (conftest.py `trained_cell`) with scheduled checkpoints: that cell is the
+# uninterrupted reference.
+RESUME = dict(cells.TRAINED, save_every=5)
 
 
 def start(cell_yaml: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(cells.TRAIN_PY), "--cell", str(cell_yaml)], cwd=cells.ROOT,
-                            env=cells.clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=cells.clean_env(WANDB_MODE="offline"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = cells.CEILING_S) -> None:
     deadline = time.time() + timeout
     while not path.exists():
         assert proc.poll() is None, f"exited {proc.returncode} before {path} appeared:\n{proc.stdout.read()[-3000:]}"
@@ -36,27 +39,20 @@ def states(cell_dir: Path) -> list[str]:
     return [h["state"] for h in cells.status(cell_dir)["history"]]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    cell = tmp_path_factory.mktemp("resume") / "straight"
-    proc = cells.train(cells.make_cell(cell, **RESUME))
-    assert proc.returncode == 0, cells.explain(proc)
-    return cells.metrics(cell)
-
-
-def test_sigusr1_checkpoints_exits_4_and_rerun_matches(tmp_path, uninterrupted):
+def test_sigusr1_checkpoints_exits_4_and_rerun_matches(tmp_path, trained_cell):
+    uninterrupted = cells.metrics(trained_cell[0])
     cell = tmp_path / "preempted"
     cell_yaml = cells.make_cell(cell, **RESUME)
     proc = start(cell_yaml)
     # The scheduled checkpoint at step 5 proves training is under way; then the real signal.
     wait_for(cell / "checkpoints" / "checkpoint-5" / "trainer_state.json", proc)
     proc.send_signal(signal.SIGUSR1)
-    out, _ = proc.communicate(timeout=240)
+    out, _ = proc.communicate(timeout=cells.CEILING_S)
     assert proc.returncode == 4, out[-3000:]
     status = cells.status(cell)
     assert status["state"] == "preempted", status
     stopped = status["step"]
-    assert 5 <= stopped < RESUME["max_steps"], status
+    assert 5 <= stopped < cells.TINY["max_steps"], status
     assert Path(status["checkpoint"]).name == f"checkpoint-{stopped}"
     ckpt = Path(status["checkpoint"])
     for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"):
@@ -65,11 +61,11 @@ def test_sigusr1_checkpoints_exits_4_and_rerun_matches(tmp_path, uninterrupted):
     assert json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == stopped
     assert not (cell / "metrics.json").exists()
 
-    again = cells.train(cell_yaml)
+    again = cells.train(cell_yaml, WANDB_MODE="offline")
     assert again.returncode == 0, cells.explain(again)
     assert f"resuming from {ckpt}" in again.stdout
     m = cells.metrics(cell)
-    assert m["steps"] == uninterrupted["steps"] == RESUME["max_steps"]
+    assert m["steps"] == uninterrupted["steps"] == cells.TINY["max_steps"]
     assert m["tokens"] == uninterrupted["tokens"]
     assert m["eval_loss"] == pytest.approx(uninterrupted["eval_loss"], abs=1e-4)
     assert m["train_loss_last"] == pytest.approx(uninterrupted["train_loss_last"], abs=1e-4)
@@ -121,14 +117,14 @@ def test_kill_9_of_a_local_cell_then_sweep_rerun_resumes(tmp_path):
     cell = next(p.parent for p in out.glob("*/cell.yaml"))
     pid = cells.status(cell)["pid"]
     os.kill(pid, signal.SIGKILL)  # no handler runs: only the scheduled checkpoints survive
-    sweep.communicate(timeout=120)
+    sweep.communicate(timeout=cells.CEILING_S)
     status = cells.status(cell)
     assert status["state"] == "failed" and status["exit_code"] == -9, status
     saved = max(int(p.name.split("-")[1]) for p in (cell / "checkpoints").glob("checkpoint-*"))
     assert saved >= 10 and saved % 5 == 0
 
     again = subprocess.run(grid_cmd(out, "--rerun", "failed"), cwd=cells.ROOT, env=cells.clean_env(),
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=cells.CEILING_S)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     log = (cell / "logs" / "train.log").read_text()
     assert f"resuming from {cell / 'checkpoints' / f'checkpoint-{saved}'}" in log
@@ -136,7 +132,7 @@ def test_kill_9_of_a_local_cell_then_sweep_rerun_resumes(tmp_path):
     assert m["steps"] == 40 and cells.status(cell)["state"] == "done"
     # a third run of the same command submits nothing: the cell is done
     third = subprocess.run(grid_cmd(out), cwd=cells.ROOT, env=cells.clean_env(), capture_output=True, text=True,
-                           timeout=120)
+                           timeout=cells.CEILING_S)
     assert "0 cell(s) to run" in third.stdout, third.stdout
 
 
@@ -155,7 +151,6 @@ def test_a_running_local_cell_whose_process_is_gone_is_marked_failed(tmp_path):
     assert got[alive]["state"] == "running"
 
 
-ZERO_RESUME = dict(max_steps=16, save_every=4, num_samples=0, logging_steps=4)
 
 
 def torchrun_popen(cell_yaml: Path) -> subprocess.Popen:
@@ -167,22 +162,18 @@ def torchrun_popen(cell_yaml: Path) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("zero", [2, 3])
-def test_usr1_under_zero_with_two_ranks_resumes_to_the_uninterrupted_loss(tmp_path, zero):
-    straight = cells.make_cell(tmp_path / "straight", zero=zero, **ZERO_RESUME)
-    ref = cells.torchrun(straight)
-    assert ref.returncode == 0, cells.explain(ref)
-    want = cells.metrics(straight.parent)
-
-    cell_yaml = cells.make_cell(tmp_path / "preempted", zero=zero, **ZERO_RESUME)
+def test_usr1_under_zero_with_two_ranks_resumes_to_the_uninterrupted_loss(tmp_path, zero, zero_run):
+    _, want = zero_run(zero)  # the same cell run straight through (shared with test_deepspeed.py)
+    cell_yaml = cells.make_cell(tmp_path / "preempted", zero=zero, save_every=4, **cells.ZERO_RUNS[zero])
     cell = cell_yaml.parent
     proc = torchrun_popen(cell_yaml)
-    wait_for(cell / "checkpoints" / "checkpoint-4" / "trainer_state.json", proc, timeout=400)
+    wait_for(cell / "checkpoints" / "checkpoint-4" / "trainer_state.json", proc)
     proc.send_signal(signal.SIGUSR1)  # to torchrun: it forwards the signal to both ranks
-    out, _ = proc.communicate(timeout=400)
+    out, _ = proc.communicate(timeout=cells.CEILING_S)
     status = cells.status(cell)
     assert proc.returncode != 0 and status["state"] == "preempted", out[-4000:]
     stopped = status["step"]
-    assert 4 <= stopped < ZERO_RESUME["max_steps"], status
+    assert 4 <= stopped < cells.ZERO["max_steps"], status
     ckpt = Path(status["checkpoint"])
     assert list(ckpt.glob(f"global_step{stopped}/*optim_states.pt")), sorted(p.name for p in ckpt.rglob("*"))
 
@@ -190,7 +181,7 @@ def test_usr1_under_zero_with_two_ranks_resumes_to_the_uninterrupted_loss(tmp_pa
     assert again.returncode == 0, cells.explain(again)
     assert f"resuming from {ckpt}" in again.stdout + again.stderr
     m = cells.metrics(cell)
-    assert m["steps"] == want["steps"] == ZERO_RESUME["max_steps"] and m["zero_stage"] == zero
+    assert m["steps"] == want["steps"] == cells.ZERO["max_steps"] and m["zero_stage"] == zero
     assert m["tokens"] == want["tokens"]
     assert m["eval_loss"] == pytest.approx(want["eval_loss"], abs=1e-4)
     assert m["train_loss_last"] == pytest.approx(want["train_loss_last"], abs=1e-4)

@@ -9,10 +9,8 @@ from safetensors.torch import load_file
 from cells import TRAIN_PY, explain, make_cell, metrics, run, status, train
 
 
-def test_lora_cell_trains_and_records_metrics(tmp_path):
-    cell = tmp_path / "cell-a"
-    proc = train(make_cell(cell, max_new_tokens=12))
-    assert proc.returncode == 0, explain(proc)
+def test_lora_cell_trains_and_records_metrics(trained_cell):
+    cell, _ = trained_cell
     m = metrics(cell)
     assert m["eval_loss"] < m["initial_eval_loss"] - 0.05, m  # learned something measurable
     assert m["train_loss_last"] < m["train_loss_first"] and m["train_loss_min"] <= m["train_loss_last"]
@@ -60,11 +58,14 @@ def test_a_dataset_of_another_task_is_refused_before_any_model_loads(tmp_path):
 def test_one_off_run_from_flags(tmp_path):
     out = tmp_path / "one-off"
     proc = run([sys.executable, TRAIN_PY, "--model", "gpt2-tiny", "--rank", "4", "--max-steps", "3",
-                "--seq-len", "64", "--eval-rows", "16", "--num-samples", "0", "--out", out])
+                "--seq-len", "64", "--eval-rows", "16", "--num-samples", "0", "--wandb-mode", "online",
+                "--out", out], WANDB_MODE="disabled")
     assert proc.returncode == 0, explain(proc)
     assert metrics(out)["model"] == "gpt2-tiny" and metrics(out)["steps"] == 3
     assert "model: gpt2-tiny" in (out / "resolved.yaml").read_text()
     assert not (out / "samples.jsonl").exists()
+    # WANDB_MODE=disabled in the environment wins over the run's own wandb_mode
+    assert metrics(out)["wandb_mode"] == "disabled" and not (out / "wandb").exists()
 
 
 def test_a_crash_is_recorded_as_failed_with_the_reason(tmp_path):
@@ -92,11 +93,11 @@ def test_out_of_memory_is_status_oom_with_step_and_peak_and_exit_3(tmp_path):
     launch.probe does), then a micro batch whose logits alone exceed the cap."""
     import subprocess
     from ftgrid.launch.probe import baseline_data_bytes
-    from cells import ROOT, clean_env
+    from cells import CEILING_S, ROOT, clean_env
     cell = make_cell(tmp_path / "oom", micro_batch=256, seq_len=512, max_steps=3, num_samples=0)
     limit_kib = (baseline_data_bytes() + int(0.25 * 2**30)) // 1024
     proc = subprocess.run(["bash", "-c", f"ulimit -d {limit_kib}; exec {sys.executable} {TRAIN_PY} --cell {cell}"],
-                          cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=CEILING_S)
     assert proc.returncode == 3, explain(proc)
     assert proc.stderr.strip().splitlines()[-1].startswith("error: out of memory in oom: ")
     assert "Traceback" not in proc.stderr  # one line, no traceback wall
@@ -110,23 +111,25 @@ def test_out_of_memory_is_status_oom_with_step_and_peak_and_exit_3(tmp_path):
 def test_packing_is_on_by_default_and_trains_exactly_like_unpacked(tmp_path):
     """Full-batch steps (micro batch x accumulation covers the whole tier), so both layouts see the same
     examples in every step: the per-step losses, the tokens counted and the final eval loss must agree.
-    Packed rows carry several examples each (position ids reset, no cross-example attention)."""
-    steps = dict(micro_batch=32, grad_accum=13, epochs=3, max_steps=-1, lora_dropout=0.0, num_samples=0,
+    Packed rows carry several examples each (position ids reset, no cross-example attention); samples are
+    generated from the unpacked eval prompts."""
+    steps = dict(micro_batch=32, grad_accum=13, epochs=2, max_steps=-1, lora_dropout=0.0, num_samples=0,
                  logging_steps=1, eval_rows=64, warmup=0.0)
     packed, plain = tmp_path / "packed", tmp_path / "plain"
-    for cell, extra in ((packed, {}), (plain, {"packing": "none"})):
-        proc = train(make_cell(cell, **steps, **extra))
+    for cell, extra in ((packed, {"num_samples": 2, "max_new_tokens": 8}), (plain, {"packing": "none"})):
+        proc = train(make_cell(cell, **{**steps, **extra}))
         assert proc.returncode == 0, explain(proc)
     p, u = metrics(packed), metrics(plain)
     assert p["packing"] == "bfd" and u["packing"] == "none"  # the default packs
     assert u["sampling"] == "group_by_length" and p["sampling"] == "random"
     assert p["optimizer_impl"] == u["optimizer_impl"] == "adamw_torch_fused"
     assert p["data"]["packed_rows"] < 0.6 * p["data"]["train_rows"] and p["data"]["train_rows"] == u["data"]["train_rows"]
-    assert p["steps"] == u["steps"] == 3
+    assert p["steps"] == u["steps"] == 2
     assert p["tokens"] == u["tokens"] > 0
     losses = lambda m: [h["loss"] for h in m["history"] if "loss" in h]  # noqa: E731
-    assert len(losses(p)) == 3 and losses(p) == pytest.approx(losses(u), abs=1e-4)
-    assert losses(p)[-1] < losses(p)[0]
+    assert len(losses(p)) == 2 and losses(p) == pytest.approx(losses(u), abs=1e-4)
+    assert losses(p)[-1] < losses(p)[0] and p["eval_loss"] < p["initial_eval_loss"]
+    assert (packed / "samples.jsonl").read_text().count("\n") == 2
     assert p["eval_loss"] == pytest.approx(u["eval_loss"], abs=1e-4)
     assert p["initial_eval_loss"] == pytest.approx(u["initial_eval_loss"], abs=1e-6)
     print(f"\npacked {p['data']['packed_rows']} rows vs {u['data']['train_rows']} examples; losses "

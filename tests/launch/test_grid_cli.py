@@ -11,8 +11,8 @@ from cells import ROOT, explain, run
 GRID = ROOT / "launch" / "grid.py"
 
 
-def grid(*args, timeout=120):
-    return run([sys.executable, GRID, *args], timeout=timeout)
+def grid(*args):
+    return run([sys.executable, GRID, *args])
 
 
 def test_dry_run_writes_four_cells_and_submits_nothing(tmp_path):
@@ -116,7 +116,7 @@ def write_config(tmp_path, **data):
     (dict(train={"seq_lenn": 64}), "error: unknown training key 'seq_lenn' (did you mean 'seq_len'?)"),
     (dict(setup=["module load a\nmodule load b"]), "error: setup line"),
     (dict(setup="module load a"), "error: setup in CFG takes a list"),
-    (dict(container=["image=x"]), "error: container takes a mapping"),
+    (dict(container=["image=x"]), "error: container in CFG takes a mapping"),
     (dict(include=[{"method": "ful"}], methods=["full", "lora"]), "error: include rule 1: method 'ful' is not on"),
 ])
 def test_bad_sweep_file_is_one_line_exit_2_and_nothing_written(tmp_path, data, message):
@@ -271,7 +271,7 @@ def test_hostfile_executor_runs_the_deepspeed_runner_script(tmp_path):
     hosts.write_text("localhost slots=1\n")
     out = tmp_path / "out"
     proc = grid("--models", "pythia-tiny", "--ranks", "4", "--lrs", "3e-3", "--gpu", "cpu", "--max-steps", "6",
-                "--seq-len", "64", "--set", "eval_rows=32", "--hostfile", hosts, "--out", out, timeout=600)
+                "--seq-len", "64", "--set", "eval_rows=32", "--hostfile", hosts, "--out", out)
     assert proc.returncode == 0, explain(proc)
     (cell,) = [p for p in out.iterdir() if p.is_dir()]
     log = (cell / "logs" / "train.log").read_text()

@@ -335,3 +335,40 @@ def test_cli_runs_as_a_module():
     proc = subprocess.run([sys.executable, "-m", "launch.plan", "--model", "pythia-1.4b", "--gpu", "nope"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown gpu 'nope'")
+
+
+# ---------------------------------------------------------------------------------------------
+# plans into resources: OOM boundaries, host RAM against --mem, the cheapest fix
+
+
+@pytest.mark.parametrize("run,gpu,fits", [
+    ({"model": "pythia-6.9b", "method": "full", "micro_batch": 1, "seq_len": 2048}, "a100-80gb", False),
+    ({"model": "pythia-12b", "method": "full", "micro_batch": 1, "seq_len": 2048}, "a100-80gb", False),
+    ({"model": "gpt2-medium", "method": "lora", "micro_batch": 8, "seq_len": 1024}, "t4-16gb", False),
+    ({"model": "mistral-7b", "method": "qlora", "rank": 256, "micro_batch": 1, "seq_len": 2048}, "a100-40gb", True),
+])
+def test_reported_oom_boundaries(run, gpu, fits):
+    assert plan_cell(run, gpu=gpu).fits is fits
+
+
+def test_mem_warning_and_fix():
+    big = plan_cell(full("llama-2-70b", micro_batch=1, seq_len=2048), gpu="a100-80gb", gpus=8, zero=3)
+    assert planner.mem_warning("64G", [big]).startswith("warning: --mem 64G is below the predicted host RAM")
+    assert planner.mem_warning("0", [big]) is None and planner.mem_warning("4000G", [big]) is None
+    assert planner.slurm_mem_gib("8000") == pytest.approx(8000 / 1024)
+    run = lora("gpt2-medium", micro_batch=8, seq_len=1024)
+    fix = planner.suggest_fix(run, gpu="t4-16gb")
+    assert fix.run["micro_batch"] * fix.run["grad_accum"] == 8
+    assert plan_cell(dict(run, **fix.run), gpu="t4-16gb").fits
+    full7 = full("pythia-6.9b", micro_batch=1, seq_len=2048)
+    fix = planner.suggest_fix(full7, gpu="a100-80gb")
+    assert fix.resources and plan_cell(dict(full7, **fix.run), gpu="a100-80gb", gpus=fix.resources["gpus"],
+                                       zero=fix.resources["zero"], offload=fix.resources["offload"]).fits
+    assert planner.suggest_fix(lora("pythia-70m", micro_batch=1, seq_len=128), gpu="a100-80gb") is None
+
+
+def test_lora_on_one_layer_counts_that_layer():
+    one = plan_cell(lora("gpt2-medium", micro_batch=8, seq_len=1024, target_modules=["h.22.attn.c_attn"]),
+                    gpu="t4-16gb")
+    every = plan_cell(lora("gpt2-medium", micro_batch=8, seq_len=1024, target_modules=["c_attn"]), gpu="t4-16gb")
+    assert one.trainable * 24 == every.trainable and one.activation_gib < every.activation_gib / 3

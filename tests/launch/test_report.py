@@ -27,7 +27,7 @@ def sweep(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report") / "sweep"
     proc = run([sys.executable, ROOT / "launch" / "grid.py", "--models", "pythia-tiny", "--ranks", "2,4",
                 "--lrs", "3e-3", "--executor", "local", "--gpu", "cpu", "--max-steps", "10", "--seq-len", "64",
-                "--set", "eval_rows=32", "--out", out], timeout=600)
+                "--set", "eval_rows=32", "--out", out])
     assert proc.returncode == 0, explain(proc)
     assert "untrained_eval_loss" in proc.stdout  # grid.py prints its table through report.markdown
     return out
@@ -202,7 +202,7 @@ def _corrupt(copy: Path) -> dict:
     expected["c-oom"] = "oom"
     d = cell("c-truncated-status")
     (d / "status.json").write_text('{"state": "do')
-    expected["c-truncated-status"] = "unreadable"
+    expected["c-truncated-status"] = "damaged"
     d = cell("c-truncated-metrics")
     rundir.write_status(d, "done")
     text = (done[0] / "metrics.json").read_text()
@@ -212,7 +212,7 @@ def _corrupt(copy: Path) -> dict:
     (d / "status.json").write_text("[1, 2]")
     (d / "metrics.json").write_text(json.dumps({"eval_loss": "n/a", "history": [None, {"loss": "x"}, 3],
                                                 "task_metrics": [], "total_params": "many"}))
-    expected["c-odd-json"] = "unreadable"
+    expected["c-odd-json"] = "damaged"
     d = copy / "c-bad-yaml"
     d.mkdir()
     (d / "cell.yaml").write_text("model: [unclosed\n")
@@ -235,7 +235,7 @@ def test_partial_and_corrupt_sweep_never_crashes(copy, capsys):
     rows = {r["cell"]: r for r in _csv(copy / "results.csv")}
     assert {c: r["status"] for c, r in rows.items()} == expected
     n = len(expected)
-    assert out.splitlines()[0] == f"{n} cell(s): 4 done, 1 running, 2 pending, 1 oom, 2 unreadable"
+    assert out.splitlines()[0] == f"{n} cell(s): 4 done, 1 running, 2 pending, 1 oom, 2 damaged"
     assert rows["c-running"]["time_s"] != ""                  # elapsed so far
     assert rows["c-oom"]["error"] == "RuntimeError: DefaultCPUAllocator: can't allocate memory"
     assert rows["c-truncated-metrics"]["eval_loss"] == "" and rows["c-pending"]["params"] != ""
@@ -279,3 +279,18 @@ def test_oom_map_when_probe_data_exist(copy):
     assert oom_map.read_bytes()[:8] == PNG
     assert report.main([str(copy), "--probe-csv", str(copy / "nope.csv")]) == 2
     assert report.markdown([], ("cell", "status")).startswith("| cell | status |")
+
+
+def test_unknown_column_is_an_error_with_did_you_mean(tmp_path, capsys):
+    from ftgrid.launch import grid
+    out = tmp_path / "sweep"
+    assert grid.main(["--models", "pythia-tiny", "--ranks", "2,4", "--gpu", "cpu", "--executor", "local",
+                      "--dry-run", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert report.main([str(out), "--columns", "cell,eval_los", "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "error: --columns: unknown column 'eval_los' (did you mean 'eval_loss'?)")
+    assert not (out / "results.csv").exists() and not (out / "results.md").exists()
+    assert report.main([str(out), "--columns", "cell,rank,lr", "--no-plots"]) == 0
+    assert "| cell | rank | lr |" in (out / "results.md").read_text().splitlines()

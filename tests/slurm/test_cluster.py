@@ -3,6 +3,7 @@ import subprocess
 
 import pytest
 
+from cells import CEILING_S
 from slurm_fixture import sacct_rows, wait_job
 
 pytestmark = pytest.mark.slurm
@@ -10,7 +11,7 @@ pytestmark = pytest.mark.slurm
 
 def sbatch(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True,
-                          timeout=30, cwd=cwd, stdin=subprocess.DEVNULL)
+                          timeout=CEILING_S, cwd=cwd, stdin=subprocess.DEVNULL)
 
 
 def submit(*args: str, cwd=None) -> str:
@@ -22,7 +23,7 @@ def submit(*args: str, cwd=None) -> str:
 def test_wrap_job_completes(slurm_cluster, tmp_path):
     out = tmp_path / "hello.txt"
     job = submit("-o", str(tmp_path / "slurm-%j.out"), "--wrap", f"echo hello > {out}")
-    assert wait_job(job, timeout=60) == "COMPLETED"
+    assert wait_job(job) == "COMPLETED"
     assert out.read_text().strip() == "hello"
     [row] = sacct_rows(job, ["JobID", "State", "ExitCode", "Partition", "NodeList"])
     assert row == {"JobID": job, "State": "COMPLETED", "ExitCode": "0:0",
@@ -32,7 +33,7 @@ def test_wrap_job_completes(slurm_cluster, tmp_path):
 def test_array_tasks_get_distinct_ids(slurm_cluster, tmp_path):
     job = submit("--array=0-1", "-o", str(tmp_path / "slurm-%A_%a.out"), "--chdir", str(tmp_path),
                  "--wrap", "echo $SLURM_ARRAY_TASK_ID > task_$SLURM_ARRAY_TASK_ID.txt")
-    assert wait_job(job, timeout=60) == "COMPLETED"
+    assert wait_job(job) == "COMPLETED"
     assert (tmp_path / "task_0.txt").read_text().strip() == "0"
     assert (tmp_path / "task_1.txt").read_text().strip() == "1"
     rows = sacct_rows(job, ["JobID", "State"])
@@ -53,7 +54,7 @@ def test_srun_two_task_step(slurm_cluster, tmp_path):
     out = tmp_path / "ranks.txt"
     job = submit("-n", "2", "-o", str(tmp_path / "slurm-%j.out"), "--wrap",
                  f"srun -n 2 bash -c 'echo $SLURM_PROCID $(hostname -s)' > {out}")
-    assert wait_job(job, timeout=60) == "COMPLETED", (tmp_path / f"slurm-{job}.out").read_text()
+    assert wait_job(job) == "COMPLETED", (tmp_path / f"slurm-{job}.out").read_text()
     lines = sorted(out.read_text().splitlines())
     assert lines == [f"0 {slurm_cluster.node}", f"1 {slurm_cluster.node}"]
     steps = {r["JobID"]: r for r in sacct_rows(job, ["JobID", "State", "NTasks"], steps=True)}

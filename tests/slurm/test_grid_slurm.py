@@ -1,5 +1,5 @@
 """The grid submitted with submitit as job arrays on the real local SLURM: throttling, resume, a failing
-cell marked with its log tail and re-run alone, `--status`."""
+cell marked with its log tail and re-run alone, `--status` (one shared sweep: slurm_fixture.slurm_sweep)."""
 import json
 import subprocess
 import sys
@@ -9,18 +9,15 @@ from pathlib import Path
 import pytest
 
 from cells import ROOT, explain, run
-from slurm_fixture import run_states, sacct_rows, wait_for_file, wait_job
+from slurm_fixture import TINY_GRID, run_states, sacct_rows, wait_for_file, wait_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 GRID = ROOT / "launch" / "grid.py"
-TINY_GRID = ["--models", "pythia-tiny", "--lrs", "3e-3", "--gpu", "cpu", "--cpus-per-task", "1", "--mem", "3G",
-             "--time", "00:10:00", "--max-steps", "8", "--seq-len", "64", "--set", "eval_rows=32",
-             "--executor", "slurm"]
 
 
-def grid(*args, timeout=900):
-    return run([sys.executable, GRID, *args], timeout=timeout)
+def grid(*args, **env):
+    return run([sys.executable, GRID, *args], **env)
 
 
 def cell_dirs(out: Path) -> list[Path]:
@@ -31,43 +28,33 @@ def status(cell: Path) -> dict:
     return json.loads((cell / "status.json").read_text())
 
 
-def test_four_cells_as_one_throttled_array(slurm_cluster, tmp_path):
-    out = tmp_path / "sweep"
-    proc = grid("--name", "array4", "--out", out, "--ranks", "2,4,8,16", *TINY_GRID, "--max-parallel", "1", "--wait")
-    assert proc.returncode == 0, explain(proc)
-    assert "submitting: 100%" in proc.stderr and "waiting: 100%" in proc.stderr  # the progress bars
-    cells = cell_dirs(out)
-    assert len(cells) == 4
+def test_the_cells_go_out_as_one_throttled_array(slurm_sweep):
+    assert "submitting: 100%" in slurm_sweep.proc.stderr and "waiting: 100%" in slurm_sweep.proc.stderr
+    cells = cell_dirs(slurm_sweep.out)
+    assert len(cells) == 3
     job_ids = {status(c)["job_id"] for c in cells}
     arrays = {j.split("_")[0] for j in job_ids}
-    assert len(arrays) == 1 and len(job_ids) == 4, job_ids  # one sbatch call, four array tasks
+    assert len(arrays) == 1 and len(job_ids) == 3, job_ids  # one sbatch call, three array tasks
     for c in cells:
-        m = json.loads((c / "metrics.json").read_text())
-        assert m["steps"] == 8
+        if "broken" not in c.name:
+            assert json.loads((c / "metrics.json").read_text())["steps"] == 8
     (array_id,) = arrays
-    assert wait_job(array_id) == "COMPLETED"
+    assert wait_job(array_id) == "FAILED"  # the broken cell's task: a failed cell never exits 0
     rows = sacct_rows(array_id, ["JobID", "Start", "End", "State"])
+    assert sorted(r["State"].split()[0] for r in rows) == ["COMPLETED", "COMPLETED", "FAILED"]
     spans = sorted((datetime.fromisoformat(r["Start"]), datetime.fromisoformat(r["End"])) for r in rows)
-    assert len(spans) == 4
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert start >= end, f"--max-parallel 1 must run tasks one at a time: {spans}"
-    # A second run of the same command submits nothing: every cell is done.
-    again = grid("--name", "array4", "--out", out, "--ranks", "2,4,8,16", *TINY_GRID, timeout=120)
-    assert again.returncode == 0 and "0 cell(s) to run" in again.stdout, explain(again)
+    # A second run of the same command submits nothing: done and failed cells are skipped (and the sweep,
+    # still holding a failed cell, still exits 1).
+    again = grid(*slurm_sweep.args)
+    assert again.returncode == 1 and "0 cell(s) to run, 3 skipped" in again.stdout, explain(again)
 
 
-def test_a_failing_cell_is_marked_with_its_log_tail_and_rerun_alone(slurm_cluster, tmp_path):
-    # One dataset file passes the grid's layout check (alpaca columns) but every response is empty, so
-    # nothing is left to train on: its cell fails at run time, not at validation.
-    broken = tmp_path / "broken.jsonl"
-    broken.write_text("".join(f'{{"instruction": "word {i}", "input": "", "output": ""}}\n' for i in range(64)))
-    out = tmp_path / "sweep"
-    args = ["--name", "fail3", "--out", out, "--ranks", "4", "--datasets", f"wordnet:small,{broken}",
-            "--seeds", "0,1", "--exclude", f"dataset={broken},seed=1", *TINY_GRID]
-    proc = grid(*args, "--wait")
-    assert proc.returncode == 1, explain(proc)  # a failed cell: the sweep says so
+def test_a_failing_cell_is_marked_with_its_log_tail_and_rerun_alone(slurm_sweep):
+    out, args = slurm_sweep.out, slurm_sweep.args
+    assert slurm_sweep.proc.returncode == 1, explain(slurm_sweep.proc)  # a failed cell: the sweep says so
     cells = cell_dirs(out)
-    assert len(cells) == 3
     (bad,) = [c for c in cells if "broken" in c.name]
     good = [c for c in cells if c != bad]
     assert [status(c)["state"] for c in good] == ["done", "done"]
@@ -76,9 +63,8 @@ def test_a_failing_cell_is_marked_with_its_log_tail_and_rerun_alone(slurm_cluste
     assert "broken" in failed["error"], failed["error"]
     assert failed["log_tail"].strip() and "error:" in (bad / "logs" / "train.log").read_text()
     first_jobs = {c.name: status(c)["job_id"] for c in cells}
-    assert wait_job(first_jobs[bad.name]) == "FAILED"  # a failed cell never exits 0
 
-    shown = grid("--status", out, timeout=120)
+    shown = grid("--status", out)
     assert shown.returncode == 0, explain(shown)
     lines = shown.stdout.splitlines()
     assert lines[0] == f"{out}: 3 cell(s): done 2, failed 1"
@@ -88,7 +74,7 @@ def test_a_failing_cell_is_marked_with_its_log_tail_and_rerun_alone(slurm_cluste
 
     # Fix the data, re-run: only the failed cell goes out again (one job: submitit makes no array of one).
     sample = (ROOT / "data_prep" / "samples" / "wordnet_instruct.jsonl").read_text().splitlines()[:300]
-    broken.write_text("\n".join(sample) + "\n")
+    slurm_sweep.broken.write_text("\n".join(sample) + "\n")
     again = grid(*args, "--rerun", "failed", "--wait")
     assert again.returncode == 0, explain(again)
     assert "1 cell(s) to run, 2 skipped" in again.stdout
@@ -112,7 +98,7 @@ def test_scontrol_requeue_of_a_submitit_array_task_resumes_the_cell(slurm_cluste
     wait_for_file(cell / "checkpoints" / "checkpoint-10" / "trainer_state.json", job_id)
     requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     assert requeue.returncode == 0, requeue.stderr
-    assert wait_job(job_id, timeout=600) == "COMPLETED"
+    assert wait_job(job_id) == "COMPLETED"
     final = status(cell)
     states = [h["state"] for h in final["history"]]
     assert final["state"] == "done" and states.count("running") == 2, states

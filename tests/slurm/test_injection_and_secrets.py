@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cells import ROOT, explain, run
+from cells import ROOT, SECRETS, explain, run
 from slurm_fixture import wait_job
 
 GRID = ROOT / "launch" / "grid.py"
@@ -25,8 +25,6 @@ HOSTILE = (f"x;touch {CANARY}-1;$(touch {CANARY}-2)`touch {CANARY}-3`'\"\n"
            f"touch {CANARY}-4\n")
 # The same without whitespace, quotes or newlines (what an #SBATCH --output path can carry): still shell.
 HOSTILE_PATH = f"s;touch${{IFS}}{CANARY}-5;$(touch${{IFS}}{CANARY}-6)`touch${{IFS}}{CANARY}-7`&&x"
-SECRETS = {"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567", "HF_TOKEN": "hf_ftgridPlantedSecret42",
-           "HUGGING_FACE_HUB_TOKEN": "hf_ftgridPlantedSecret43"}
 TINY = ["--models", "pythia-tiny", "--ranks", "4", "--lrs", "3e-3", "--gpu", "cpu", "--cpus-per-task", "1",
         "--mem", "3G", "--time", "00:10:00", "--max-steps", "4", "--seq-len", "64", "--set", "eval_rows=16",
         "--set", "num_samples=1"]
@@ -39,8 +37,8 @@ def canaries(work: Path) -> list[Path]:
         sorted(Path.home().glob(f"{CANARY}*"))
 
 
-def grid(*args, timeout=600, **env):
-    return run([sys.executable, GRID, *map(str, args)], timeout=timeout, **env)
+def grid(*args, **env):
+    return run([sys.executable, GRID, *map(str, args)], **env)
 
 
 REFUSED = [
@@ -94,7 +92,7 @@ def test_hostile_paths_and_values_render_and_run_on_slurm_without_executing(slur
     job = subprocess.run(["sbatch", "--parsable", script], capture_output=True, text=True, cwd=work)
     assert job.returncode == 0, job.stderr
     job_id = job.stdout.strip().split(";")[0]
-    state = wait_job(job_id, timeout=400)
+    state = wait_job(job_id)
     log = (cell / "logs" / f"slurm-{job_id}.out").read_text(errors="replace")
     assert state == "COMPLETED", log[-3000:]
     metrics = json.loads((cell / "metrics.json").read_text())
@@ -108,7 +106,7 @@ def test_hostfile_runner_with_a_hostile_sweep_path_runs_without_executing(hostil
     out = work / HOSTILE_PATH
     hosts = work / "hosts.txt"
     hosts.write_text("localhost slots=1\n")
-    proc = grid(*TINY, "--out", out, "--hostfile", hosts, "--executor", "hostfile", timeout=900)
+    proc = grid(*TINY, "--out", out, "--hostfile", hosts, "--executor", "hostfile")
     assert proc.returncode == 0, explain(proc)
     (cell,) = [p for p in out.iterdir() if p.is_dir()]
     assert json.loads((cell / "status.json").read_text())["state"] == "done"
@@ -117,14 +115,12 @@ def test_hostfile_runner_with_a_hostile_sweep_path_runs_without_executing(hostil
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_planted_secrets_appear_nowhere_in_a_sweep_run_on_slurm(slurm_cluster, tmp_path):
+def test_planted_secrets_appear_nowhere_in_a_sweep_run_on_slurm(slurm_sweep):
     """Secrets in the environment of the submitting shell: the jobs inherit them (that is how they pass),
-    but no rendered file, log, status, metrics, results table or wandb file holds them."""
-    out = tmp_path / "sweep"
-    proc = grid(*TINY, "--ranks", "4,8", "--out", out, "--executor", "slurm", "--wait", "--set", "wandb_mode=offline",
-                timeout=900, **SECRETS)
-    assert proc.returncode == 0, explain(proc)
-    report = run([sys.executable, "-m", "launch.report", out], timeout=300, **SECRETS)
+    but no rendered file, log (a failed cell's traceback included), status, metrics, results table or
+    wandb file holds them. The shared sweep (slurm_fixture.slurm_sweep) was submitted with them planted."""
+    out, proc = slurm_sweep.out, slurm_sweep.proc
+    report = run([sys.executable, "-m", "launch.report", out], **SECRETS)
     assert report.returncode == 0, explain(report)
     files = [p for p in out.rglob("*") if p.is_file()]
     names = {p.name for p in files}

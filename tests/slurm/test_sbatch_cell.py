@@ -34,7 +34,7 @@ def test_sbatch_by_hand_runs_the_cell_to_done(slurm_cluster, tmp_path):
     proc = subprocess.run(["sbatch", "--parsable", cell / "job.sbatch"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.strip().split(";")[0]
-    state = wait_job(job_id, timeout=300)
+    state = wait_job(job_id)
     logs = "\n".join(p.read_text() for p in (cell / "logs").glob("*"))
     assert state == "COMPLETED", logs[-3000:]
     metrics = json.loads((cell / "metrics.json").read_text())
@@ -56,7 +56,7 @@ def test_sbatch_of_the_deepspeed_launcher_variant_runs_the_cell(slurm_cluster, t
     proc = subprocess.run(["sbatch", "--parsable", cell / "job.sbatch"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.strip().split(";")[0]
-    state = wait_job(job_id, timeout=600)
+    state = wait_job(job_id)
     log = (cell / "logs" / f"slurm-{job_id}.out").read_text(errors="replace")
     assert state == "COMPLETED", log[-3000:]
     assert "setup ran: yes" in log
@@ -74,7 +74,7 @@ def test_scancel_usr1_checkpoints_requeues_and_resumes_to_the_uninterrupted_loss
     straight = tmp_path / "straight"
     straight.mkdir()
     shutil.copy(cell / "cell.yaml", straight / "cell.yaml")
-    ref = train(straight / "cell.yaml", timeout=400)
+    ref = train(straight / "cell.yaml")
     assert ref.returncode == 0, explain(ref)
 
     proc = subprocess.run(["sbatch", "--parsable", cell / "job.sbatch"], capture_output=True, text=True)
@@ -84,7 +84,7 @@ def test_scancel_usr1_checkpoints_requeues_and_resumes_to_the_uninterrupted_loss
     signal = subprocess.run(["scancel", "--signal=USR1", job_id], capture_output=True, text=True)
     assert signal.returncode == 0, signal.stderr
 
-    state = wait_job(job_id, timeout=600)
+    state = wait_job(job_id)
     log = (cell / "logs" / f"slurm-{job_id}.out").read_text(errors="replace")
     assert state == "COMPLETED", log[-4000:]
     assert "requeueing job" in log and "resuming from" in log, log[-4000:]
