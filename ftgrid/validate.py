@@ -69,26 +69,25 @@ def matches(pattern: re.Pattern, text) -> re.Match | None:
     return pattern.fullmatch(text) if isinstance(text, str) else None
 
 
-def arg_float(lo: float | None = None, hi: float | None = None):
-    """An argparse `type=` for a finite float in [lo, hi]."""
+def _arg_type(check, name: str, lo, hi):
+    """An argparse `type=` running one of the checks above: its message without the placeholder key."""
     def convert(text):
         try:
-            return finite("value", text, lo, hi)
+            return check("value", text, lo, hi)
         except ConfigError as e:
             raise argparse.ArgumentTypeError(str(e).removeprefix("value: ").removeprefix("value ")) from None
-    convert.__name__ = "float"
+    convert.__name__ = name  # argparse names the type in its message
     return convert
+
+
+def arg_float(lo: float | None = None, hi: float | None = None):
+    """An argparse `type=` for a finite float in [lo, hi]."""
+    return _arg_type(finite, "float", lo, hi)
 
 
 def arg_int(lo: int | None = None, hi: int | None = None):
     """An argparse `type=` for an integer in [lo, hi]."""
-    def convert(text):
-        try:
-            return integer("value", text, lo, hi)
-        except ConfigError as e:
-            raise argparse.ArgumentTypeError(str(e).removeprefix("value: ").removeprefix("value ")) from None
-    convert.__name__ = "int"
-    return convert
+    return _arg_type(integer, "int", lo, hi)
 
 
 def _first_existing(path: Path) -> Path:

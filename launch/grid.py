@@ -372,7 +372,7 @@ def write_sweep(out: Path, spec: SweepSpec, cells, plans, ctx: render.Context, h
         else:
             write_new_cell(staging, cell_dir, files, plan)
             created.add(cell.id)
-        # A cell without status.json is pending (finetune.rundir.read_status): 10k fsync'd files for
+        # A cell without status.json is pending (ftgrid.rundir.read_status): 10k fsync'd files for
         # a fresh sweep would cost a minute and say nothing new.
     shutil.rmtree(staging, ignore_errors=True)
     # sweep.yaml last (with cells.csv): a folder that has one holds every cell it describes

@@ -4,7 +4,7 @@
         --gpu h100-80gb [--gpus 8 --zero auto] [--grad-ckpt] [--json]
 
 Pure and fast: no torch or transformers import (the grid CLI plans thousands of cells with it).
-Everything is counted from the model registry (finetune/models.yaml, including each family's `arch`
+Everything is counted from the model registry (ftgrid/models.yaml, including each family's `arch`
 facts) and a few coefficients calibrated on measured peaks (launch/measured_peaks.csv).
 
 What it models (bytes are per GPU):
@@ -653,7 +653,7 @@ MAX_MICRO_BATCH = 1024
 
 def plan_cell(run: dict, *, gpu: str, gpus: int = 1, zero: int = 0, offload: str = "none",
               gpus_per_node: int | None = None) -> Plan:
-    """Plan one cell: `run` holds run-config fields (finetune.config.RunConfig keys; missing ones
+    """Plan one cell: `run` holds run-config fields (ftgrid.schema.RunConfig keys; missing ones
     take RunConfig's defaults). gpus is the world size; gpus_per_node (default min(gpus, 8)) only
     sets the per-node host RAM."""
     preset = gpu_preset(gpu)

@@ -135,7 +135,7 @@ class Setting:
         return re.sub(r"[^A-Za-z0-9._+-]+", "-", "_".join(bits))
 
     def run_config(self, dataset: str, steps: int, name: str) -> dict:
-        """The try's cell.yaml: run-config fields of finetune.config.RunConfig."""
+        """The try's cell.yaml: run-config fields of ftgrid.schema.RunConfig."""
         run = {"name": name, "model": self.model, "init": "random", "method": self.method,
                "dataset": dataset, "eval_rows": EVAL_ROWS, "seq_len": self.seq_len,
                "micro_batch": self.micro_batch, "grad_accum": 1, "max_steps": steps, "lr": 1e-5,

@@ -1,7 +1,7 @@
 """The sweep spec (CLI flags / YAML) and its pure expansion into cells.
 
 `expand(spec) -> list[Cell]` is a pure function: no Jinja, no SLURM, no files. A `Cell` is frozen
-and carries the run config it will train (a dict of `finetune.config.RunConfig` fields) and the
+and carries the run config it will train (a dict of `ftgrid.schema.RunConfig` fields) and the
 resources it asks for. Its id is a readable slug plus a short hash of everything that defines the
 training run (the run-config values that differ from RunConfig's defaults, and the resources that
 change the world size or numerics), so the same cell gets the same id on every re-run of the sweep,

@@ -176,7 +176,7 @@ def run_states(job_id) -> list[str]:
     return [r["State"].split()[0] for r in sacct_rows(job_id, ["State"], duplicates=True)]
 
 
-def wait_job(job_id, timeout: float = CEILING_S, poll: float = 0.5) -> str:
+def wait_job(job_id, timeout: float = CEILING_S, poll: float = 0.5, tasks: int = 1) -> str:
     """Poll sacct until the job is in a terminal state and return that state.
 
     For an array job every task must be terminal; returns COMPLETED if all
@@ -185,7 +185,8 @@ def wait_job(job_id, timeout: float = CEILING_S, poll: float = 0.5) -> str:
     Accounting is asynchronous: a short job can show COMPLETED in sacct a few
     seconds before its submit record lands (Partition empty, ReqMem "16?").
     So this also waits until every row has its Partition, after which the
-    other sacct fields are complete too.
+    other sacct fields are complete too. An array's tasks are recorded one by one: `tasks` says how many
+    rows to wait for.
     """
     deadline = time.monotonic() + timeout
     rows: list[dict[str, str]] = []
@@ -195,7 +196,8 @@ def wait_job(job_id, timeout: float = CEILING_S, poll: float = 0.5) -> str:
         except RuntimeError:
             rows = []  # slurmdbd briefly unreachable: retry
         states = [(r["State"].split() or [""])[0] for r in rows]
-        if rows and all(s in TERMINAL_STATES for s in states) and all(r["Partition"] for r in rows):
+        if (len(rows) >= max(tasks, 1) and all(s in TERMINAL_STATES for s in states)
+                and all(r["Partition"] for r in rows)):
             bad = [s for s in states if s != "COMPLETED"]
             return bad[0] if bad else "COMPLETED"
         if time.monotonic() > deadline:

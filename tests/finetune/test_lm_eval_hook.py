@@ -186,7 +186,7 @@ def test_cli_scores_a_full_model_folder_with_limit_and_writes_json(cell, task_di
      "error: {tmp}/adapter holds a LoRA adapter: pass --base (the model it was trained on)"),
     (["--model-dir", "{tmp}/model", "--tasks", "a,,b"], "error: empty task name in 'a,,b'"),
     (["--model-dir", "{tmp}/model", "--tasks", ""], "error: no tasks given"),
-    (["--model-dir", "{tmp}/model", "--tasks", "x", "--limit", "0"], "error: limit must be a positive integer, got 0"),
+    (["--model-dir", "{tmp}/model", "--tasks", "x", "--limit", "0"], "error: argument --limit: must be an integer in [1, 1000000000], got '0' (see python -m finetune.lm_eval_hook --help)"),
     (["--tasks", "x"], "error: the following arguments are required: --model-dir (see python -m finetune.lm_eval_hook --help)"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, message):

@@ -25,7 +25,7 @@ def test_dry_run_writes_four_cells_and_submits_nothing(tmp_path):
         assert {"cell.yaml", "job.sbatch", "plan.json", "logs"} <= {p.name for p in cell.iterdir()}
         plan = json.loads((cell / "plan.json").read_text())
         assert (cell / "ds_config.json").exists() == (plan["zero"] > 0)  # plain DDP needs no DeepSpeed config
-        # No status.json means pending (finetune.rundir.read_status); predicted OOM is written.
+        # No status.json means pending (ftgrid.rundir.read_status); predicted OOM is written.
         assert (cell / "status.json").exists() == (not plan["fits"])
         line = next(x for x in proc.stdout.splitlines() if x.startswith(cell.name))  # one line per cell
         assert f"{plan['peak_gib']:8.1f}" in line and line.endswith("yes" if plan["fits"] else "PREDICTED OOM")

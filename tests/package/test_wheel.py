@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -30,7 +31,11 @@ def run(cmd, **kwargs):
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", out, KIT_ROOT])
+    # built from a copy: setuptools leaves build/ and *.egg-info in the source folder
+    src = tmp_path_factory.mktemp("src") / "ftgrid"
+    shutil.copytree(KIT_ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"))
+    run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", out, src])
     (whl,) = out.glob("ftgrid-*.whl")
     return whl
 
@@ -41,6 +46,7 @@ def test_wheel_ships_every_template_registry_tokenizer_and_sample(wheel):
                      "ftgrid/slurm_templates/job.sbatch.j2", "ftgrid/slurm_templates/macros.j2",
                      "ftgrid/ds_configs/zero.json.j2", "ftgrid/finetune/assets/tokenizer-tiny/tokenizer.json",
                      "ftgrid/data_prep/samples/wordnet_instruct.jsonl",
+                     "ftgrid/finetune/assets/pythia-demo/model.safetensors",
                      "ftgrid/data_prep/samples/ultrachat/train_sft.parquet", "ftgrid/finetune/train.py"):
         assert expected in names, expected
     # one import name: nothing outside ftgrid/ but the distribution's metadata

@@ -33,7 +33,7 @@ def test_wrap_job_completes(slurm_cluster, tmp_path):
 def test_array_tasks_get_distinct_ids(slurm_cluster, tmp_path):
     job = submit("--array=0-1", "-o", str(tmp_path / "slurm-%A_%a.out"), "--chdir", str(tmp_path),
                  "--wrap", "echo $SLURM_ARRAY_TASK_ID > task_$SLURM_ARRAY_TASK_ID.txt")
-    assert wait_job(job) == "COMPLETED"
+    assert wait_job(job, tasks=2) == "COMPLETED"
     assert (tmp_path / "task_0.txt").read_text().strip() == "0"
     assert (tmp_path / "task_1.txt").read_text().strip() == "1"
     rows = sacct_rows(job, ["JobID", "State"])
