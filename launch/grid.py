@@ -303,8 +303,9 @@ def plan_cells(cells, resources: Resources) -> list:
 
 
 def write_if_changed(path: Path, text: str, executable: bool = False) -> None:
-    """Atomic (temp file + rename) but without a per-file fsync: rendered files are re-made from the
-    spec on every run, and 50k fsyncs take minutes; write_sweep syncs once at the end."""
+    """Atomic (temp file + rename) but without fsync: rendered files are re-made from the spec on every
+    run (a re-run rewrites any file whose text differs, so a crash cannot leave a wrong one for long),
+    and flushing 50k files to disk takes minutes on a slow disk."""
     try:
         if path.read_text() == text:
             return
@@ -336,7 +337,7 @@ def write_new_cell(staging: Path, cell_dir: Path, files: dict, plan) -> None:
     for name, text in files.items():
         _write_file(f"{tmp}/{name}", text, executable=name in render.EXECUTABLE)
     if not plan.fits:
-        _mark_predicted_oom(tmp, plan, fsync=False)  # synced with the rest by write_sweep
+        _mark_predicted_oom(tmp, plan, fsync=False)  # re-made by update_cell on a re-run if lost
     os.rename(tmp, cell_dir)
 
 
@@ -357,7 +358,7 @@ def _mark_predicted_oom(cell_dir: Path, plan, fsync: bool = True) -> None:
 def write_sweep(out: Path, spec: SweepSpec, cells, plans, ctx: render.Context, hosts_text: str = "",
                 previous_csv: str = "") -> set[str]:
     """Every cell's files (new cell folders whole, earlier ones file by file), then sweep.yaml and
-    cells.csv; one sync at the end. Returns the ids of the cell folders it created."""
+    cells.csv (those two fsync'd). Returns the ids of the cell folders it created."""
     out.mkdir(parents=True, exist_ok=True)
     if hosts_text:
         rundir.atomic_write_text(out / render.HOSTFILE, hosts_text)
@@ -378,7 +379,6 @@ def write_sweep(out: Path, spec: SweepSpec, cells, plans, ctx: render.Context, h
     # sweep.yaml last (with cells.csv): a folder that has one holds every cell it describes
     rundir.atomic_write_text(out / "sweep.yaml", yaml.safe_dump(to_yaml_dict(spec), sort_keys=False))
     rundir.atomic_write_text(out / "cells.csv", cells_csv(cells, plans, previous_csv))
-    os.sync()
     return created
 
 
