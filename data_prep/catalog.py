@@ -206,7 +206,7 @@ def parse(spec: str) -> DatasetRequest:
                     f".json/.jsonl/.csv/.parquet/.arrow file or folder")
 
 
-SPLIT_NAME = re.compile(r"^[A-Za-z0-9_.-]+(\+[A-Za-z0-9_.-]+)*$")
+SPLIT_NAME = re.compile(r"[A-Za-z0-9_.-]+(\+[A-Za-z0-9_.-]+)*")
 
 
 def _split_suffix(name: str, spec: str) -> tuple[str, str | None]:
@@ -214,7 +214,7 @@ def _split_suffix(name: str, spec: str) -> tuple[str, str | None]:
     if "@" not in name or Path(name).exists():
         return name, None
     head, _, split = name.rpartition("@")
-    if not head or not SPLIT_NAME.match(split):
+    if not head or not SPLIT_NAME.fullmatch(split):
         raise DataError(f"bad split {split!r} in {spec!r}: NAME@SPLIT with a split name like train_gen or "
                         f"train+validation")
     return head, split

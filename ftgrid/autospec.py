@@ -19,7 +19,7 @@ import re
 
 from ftgrid.errors import ConfigError
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 # The usual LoRA targets by model_type where PEFT's table has none (attention query and value).
 LORA_PRESETS = {"phi3": ("qkv_proj",), "olmo": ("q_proj", "v_proj"), "olmo2": ("q_proj", "v_proj"),
@@ -36,7 +36,7 @@ def source_kind(name: str) -> str | None:
     path = os.path.expanduser(name)
     if os.path.isdir(path) or name.startswith(("/", "./", "../", "~")):
         return "folder"
-    if HUB_ID.match(name):
+    if HUB_ID.fullmatch(name):  # fullmatch: `$` would let a trailing newline through
         return "hub"
     return None
 

@@ -201,3 +201,9 @@ def test_registry_import_stays_torch_free():
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean_env(), capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", explain(proc)
+
+
+def test_a_name_with_a_trailing_newline_is_no_hub_id():
+    from ftgrid import autospec
+    assert autospec.source_kind("owner/name") == "hub"
+    assert autospec.source_kind("owner/name\n") is None  # `$` would match before the newline
