@@ -238,7 +238,7 @@ CLASS_CASES = [
         ("--time", "01:00:00\n", "time '01:00:00\\n'"), ("--mem", "4G\n", "mem '4G\\n'"),
         ("--account", "acct\n", "account 'acct\\n'"), ("--qos", "high\n", "qos 'high\\n'"),
         ("--constraint", "a100\n", "constraint 'a100\\n'"), ("--sbatch=--mail-type=END\n", "--gpu=cpu", "sbatch line")]],
-    ("grid", TINY_GRID + ["--datasets", "wordnet@train\n"], "bad split 'train\\n'"),
+    ("data", ["--dataset", "wordnet@train\n", "--no-cache"], "bad split 'train\\n'"),
     ("probe", ["--model", "pythia-tiny", "--gpu", "cpu", "--executor", "slurm", "--partition", "gpu\n",
                "--out", "T/never"], "--partition 'gpu\\n'"),
     # 3. YAML shapes, alias bombs, the cell cap
