@@ -20,13 +20,12 @@ import torch
 import transformers
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+from ftgrid.autospec import CLASSIFIER_HEADS
 from ftgrid.registry import ModelSpec, load_tokenizer  # noqa: F401 - models.load_tokenizer is the entrypoint's
 from ftgrid.schema import RunConfig
 
 PEFT_TASK = {"causal": "CAUSAL_LM", "token-classification": "TOKEN_CLS", "seq2seq": "SEQ_2_SEQ_LM"}
 BASE_DIR = "base"
-# Heads that must stay in full precision and train with the adapter (new, randomly initialised).
-CLASSIFIER_HEADS = ["classifier", "score"]
 
 
 def use_pretrained(spec: ModelSpec, cfg: RunConfig) -> bool:
@@ -74,10 +73,10 @@ def quantization_config(spec: ModelSpec, cfg: RunConfig):
             # 4-bit weights packed into tensors of the compute dtype: ZeRO-3 partitions and gathers them
             # like every other parameter (uint8 storage breaks its flat buffers).
             bnb_4bit_quant_storage=dtype,
-            llm_int8_skip_modules=CLASSIFIER_HEADS + ["lm_head"])
+            llm_int8_skip_modules=[*CLASSIFIER_HEADS, "lm_head"])
     if cfg.method == "lora-8bit":
         return transformers.BitsAndBytesConfig(load_in_8bit=True,
-                                               llm_int8_skip_modules=CLASSIFIER_HEADS + ["lm_head"])
+                                               llm_int8_skip_modules=[*CLASSIFIER_HEADS, "lm_head"])
     return None
 
 

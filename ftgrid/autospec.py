@@ -28,7 +28,9 @@ LORA_PRESETS = {"phi3": ("qkv_proj",), "olmo": ("q_proj", "v_proj"), "olmo2": ("
 ATTN_OUT_NAMES = ("o_proj", "out_proj", "dense", "c_proj", "wo", "out", "proj", "out_lin")
 ATTN_WORDS = ("attn", "attention")
 CROSS_WORDS = ("encoder_attn", "crossattention", "cross_attn", "encdecattention")
-CLASSIFIER_HEADS = ("classifier", "score")  # as finetune.models keeps them
+# Token-classification heads: new and randomly initialised, so trained whole and kept in full precision
+# (finetune.models), never adapted.
+CLASSIFIER_HEADS = ("classifier", "score")
 
 
 def source_kind(name: str) -> str | None:

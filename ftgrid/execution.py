@@ -49,8 +49,8 @@ def execution(spec: ModelSpec, *, task: str, packing: str, chunked_loss: bool, z
     lm = causal_lm_loss(task, spec)
     reason = ""
     loss = "chunked" if chunked_loss and lm else "stock"
-    if loss == "chunked" and loss_fallback(zero == 3):
-        loss, reason = "stock", loss_fallback(True)
+    if loss == "chunked" and zero == 3:
+        loss, reason = "stock", ZERO3_LOSS_REASON
     grouped = bool(spec.kv_heads) and spec.kv_heads != spec.heads
     if attn_implementation == "eager":
         return Execution(loss, reason, "eager", "causal", grouped)

@@ -28,7 +28,8 @@ METRICS_FILE = "metrics.json"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = True) -> None:
-    """fsync=False: for a folder not yet visible (renamed into place later, synced once for many files)."""
+    """fsync=False: for files any re-run re-makes (a sweep's rendered cell files), where flushing each
+    to disk would cost more than the file is worth."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
