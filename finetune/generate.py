@@ -62,9 +62,12 @@ def settings(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0, 
 def load_cell(path) -> schema.RunConfig:
     """The cell's run config, its output_dir the cell folder; a cell without a trained model is refused."""
     path = Path(path)
-    cell_yaml = path if path.is_file() else path / "cell.yaml"
-    if not cell_yaml.is_file():
-        raise ConfigError(f"no cell.yaml at {path} (give a cell folder from launch/grid.py or train.py --out)")
+    # a grid cell has cell.yaml; every run (a one-off `train.py --out` too) records resolved.yaml
+    found = [path] if path.is_file() else [path / n for n in ("cell.yaml", "resolved.yaml") if (path / n).is_file()]
+    if not found:
+        raise ConfigError(f"no cell.yaml or resolved.yaml at {path} (give a cell folder from launch/grid.py or "
+                          "a train.py --out folder)")
+    cell_yaml = found[0]
     cfg = schema.load(cell_yaml)
     cfg.output_dir = str(cell_yaml.resolve().parent)
     saved = Path(cfg.output_dir) / ("adapter" if cfg.is_lora else "model")

@@ -1,6 +1,7 @@
 """Generations from a trained cell (the train.py post-step and finetune/generate.py) and the report's
 LLM-as-judge column, on a tiny cell trained for a few steps on a file mapped with `columns:`."""
 import json
+import shutil
 import sys
 
 import pytest
@@ -63,6 +64,22 @@ def test_generate_cli_reloads_the_trained_cell(trained, tmp_path):
     for g in read_jsonl(sampled / "generations.jsonl"):
         assert (g["temperature"], g["top_p"], g["do_sample"], g["seed"], g["max_new_tokens"]) == (0.9, 0.8, True, 3, 5)
         assert g["new_tokens"] <= 5
+
+
+def test_generate_reads_a_run_without_cell_yaml_from_its_resolved_config(trained, tmp_path):
+    """A one-off `train.py --out` run has no cell.yaml; every run records resolved.yaml."""
+    cell, prompts = trained
+    copy = tmp_path / "one-off"
+    shutil.copytree(cell, copy, ignore=shutil.ignore_patterns("cell.yaml", "checkpoints"))
+    assert (copy / "resolved.yaml").is_file()
+    proc = run([sys.executable, GENERATE, "--cell", copy, "--prompts", prompts, "--out", tmp_path / "o"],
+               timeout=CEILING)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [g["response"] for g in read_jsonl(tmp_path / "o" / "generations.jsonl")] == \
+        [g["response"] for g in read_jsonl(cell / "generations.jsonl")]
+    (tmp_path / "empty").mkdir()
+    proc = run([sys.executable, GENERATE, "--cell", tmp_path / "empty", "--prompts", prompts], timeout=CEILING)
+    assert proc.returncode == 2 and "no cell.yaml or resolved.yaml at" in proc.stderr
 
 
 @pytest.mark.parametrize("case,expect", [
