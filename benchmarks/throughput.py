@@ -65,6 +65,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ftgrid.finetune import losses  # noqa: E402
+from ftgrid.launch.timing import example_flops  # noqa: E402  (the counted-FLOPs convention below)
 from ftgrid.registry import model_spec  # noqa: E402
 
 try:  # the data engineer's packing (best-fit + PackedCollator); else transformers' flattening collator
@@ -253,11 +254,6 @@ def flop_counts(model, method: str) -> dict:
     cfg = hf.config
     return {"N": sum(matmul.values()), "trainable": trainable, "c": 6 if method == "full" else 4,
             "L": cfg.num_hidden_layers, "d": cfg.hidden_size}
-
-
-def example_flops(n: int, f: dict) -> float:
-    per_token = f["c"] * f["N"] + (0 if f["c"] == 6 else 6 * f["trainable"])
-    return n * per_token + 12 * f["L"] * f["d"] * n * n
 
 
 def run_one(args, spec, row: dict, data: list, accum: int, tmp: str) -> dict:

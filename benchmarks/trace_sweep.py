@@ -2,6 +2,8 @@
 
     python benchmarks/trace_sweep.py [--models pythia-1.4b,mistral-7b] [--seq-lens 512,2048] [--quick]
 
+--quick: pythia-410m and mistral-7b (one multi-head, one grouped-query model) at 1024 tokens, a few minutes.
+
 For every causal registry model (tiny twins excluded) x {LoRA preset, LoRA all-linear, full} x
 {packed, unpacked} x {gradient checkpointing off, on} x seq_len, traces one training step with
 launch.trace and plans the same cell with launch.plan (zero 0, stock loss, one H100), and prints
@@ -60,7 +62,10 @@ def main(argv=None) -> int:
     causal = [n for n, s in registry().items() if s.kind == "causal" and not s.is_tiny]
     ap.add_argument("--models", default=",".join(causal))
     ap.add_argument("--seq-lens", default="512,2048")
+    ap.add_argument("--quick", action="store_true", help="two models at one length")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.models, args.seq_lens = "pythia-410m,mistral-7b", "1024"
     rows = []
     start = time.perf_counter()
     for cell in cells(args.models.split(","), [int(s) for s in args.seq_lens.split(",")]):

@@ -85,6 +85,17 @@ def base_stamp(spec: ModelSpec, cfg: RunConfig, tokenizer, label_names=None) -> 
             "vocab": len(tokenizer)}
 
 
+def base_config(spec: ModelSpec, tokenizer, label_names=None):
+    """The transformers config a random-init base of this entry is built from."""
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    if spec.kind == "seq2seq":  # the decoder starts from eos (BART's convention) and must end with it
+        special.update(decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=tokenizer.eos_token_id)
+    # merged, not splatted side by side: a model read from its config carries its own special token ids
+    return transformers.AutoConfig.for_model(spec.model_type, **{**spec.hf_config_kwargs(), **special,
+                                                                 **label_kwargs(label_names)})
+
+
 def random_base(spec: ModelSpec, cfg: RunConfig, tokenizer, path: Path, label_names=None, *,
                 builder: bool = True, timeout: float = 3600.0) -> Path:
     """The random-init base of this run, saved in `path`: built with the run's seed by one process
@@ -112,13 +123,7 @@ def random_base(spec: ModelSpec, cfg: RunConfig, tokenizer, path: Path, label_na
             time.sleep(0.5)
         return path
     marker.unlink(missing_ok=True)
-    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
-    if spec.kind == "seq2seq":  # the decoder starts from eos (BART's convention) and must end with it
-        special.update(decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=tokenizer.eos_token_id)
-    # merged, not splatted side by side: a model read from its config carries its own special token ids
-    config = transformers.AutoConfig.for_model(spec.model_type, **{**spec.hf_config_kwargs(), **special,
-                                                                   **label_kwargs(label_names)})
+    config = base_config(spec, tokenizer, label_names)
     torch.manual_seed(cfg.seed)
     model = model_class(spec, cfg).from_config(config, dtype=torch.float32)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -145,6 +150,13 @@ def build_model(spec: ModelSpec, cfg: RunConfig, tokenizer, source: str | os.Pat
     if quant is not None:
         kwargs["quantization_config"] = quant
     model = model_class(spec, cfg).from_pretrained(str(source), **kwargs)
+    return prepare_model(model, spec, cfg, tokenizer, quantized=quant is not None, apply_method=apply_method)
+
+
+def prepare_model(model, spec: ModelSpec, cfg: RunConfig, tokenizer, *, quantized: bool = False,
+                  apply_method: bool = True):
+    """What build_model does once the base is loaded: token ids, ZeRO-3 leaves, checkpointing, the
+    method. Also for a model built in place from its config (benchmarks/gpu_check.py's memory cells)."""
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # hub tokenizers that got a pad token
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -152,7 +164,7 @@ def build_model(spec: ModelSpec, cfg: RunConfig, tokenizer, source: str | os.Pat
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.ftgrid_zero3_leaves = set_zero3_leaf_modules(model, spec)
-    if quant is not None:
+    if quantized:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.grad_ckpt,
             gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -209,6 +221,7 @@ def lora_config(spec: ModelSpec, cfg: RunConfig) -> LoraConfig:
     return LoraConfig(
         r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
         target_modules=lora_targets(spec, cfg), use_rslora=cfg.rslora,
+        layers_to_transform=cfg.layers_to_transform,  # None: every layer
         task_type=PEFT_TASK[head_kind(spec, cfg)],
         fan_in_fan_out=spec.family == "gpt2",  # GPT-2 stores Conv1D weights transposed
     )

@@ -71,6 +71,7 @@ class RunConfig:
     alpha: float | None = None        # LoRA alpha; None = 2 * rank
     lora_dropout: float = 0.05
     target_modules: str | list = "preset"  # preset | all-linear | explicit list of module names
+    layers_to_transform: list | None = None  # adapters on these layer indices only (PEFT's); None = every layer
     rslora: bool = False              # scale by alpha/sqrt(r) instead of alpha/r (stable at high ranks)
     # --- task and data
     task: str = "sft"                 # sft (loss on responses only) | dpo | token-classification | summarization
@@ -190,6 +191,13 @@ class RunConfig:
             if isinstance(self.target_modules, str) and self.target_modules not in ("preset", "all-linear"):
                 raise ConfigError(f"target_modules must be 'preset', 'all-linear' or a list, got "
                                   f"{self.target_modules!r}")
+            layers = max(spec.layers) if isinstance(spec.layers, tuple) else spec.layers
+            bad = [i for i in self.layers_to_transform or () if not 0 <= i < layers]
+            if bad:
+                raise ConfigError(f"layers_to_transform: layer {bad[0]} is not a layer of {self.model} "
+                                  f"(it has layers 0..{layers - 1})")
+        elif self.layers_to_transform is not None:
+            raise ConfigError("layers_to_transform applies to LoRA methods; method 'full' trains every layer")
         if self.lr is not None:
             _positive("lr", self.lr)
         if self.weight_decay < 0:
@@ -357,6 +365,17 @@ def _netrc_has_wandb(environ) -> bool:
         return False
 
 
+def _layer_indices(value) -> list[int]:
+    """layers_to_transform: a list of layer indices, one index, or `22,23` (as typed with --set)."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    if not items or any(isinstance(v, (bool, float)) or not str(v).strip().lstrip("-").isdigit() for v in items):
+        raise ConfigError(f"layers_to_transform takes a list of layer indices like [22, 23], got {value!r}"[:300])
+    out = sorted({int(str(v).strip()) for v in items})
+    if out[0] < 0:
+        raise ConfigError(f"layers_to_transform: layer {out[0]} is negative (indices count from 0)")
+    return out
+
+
 def _choice(key: str, value, choices) -> None:
     if value not in choices:
         raise ConfigError(f"unknown {key} {value!r}{did_you_mean(value, choices)}")
@@ -382,6 +401,8 @@ def coerce(key: str, value: Any) -> Any:
             return validate.integer(key, value)
         if kind.startswith("float"):
             return validate.finite(key, value)  # nan, inf and 1e400 never reach a cell
+        if key == "layers_to_transform":
+            return _layer_indices(value)
         if key == "columns" and isinstance(value, dict):  # YAML mapping {layout: source} -> "layout=source,..."
             return ",".join(f"{k}={v}" for k, v in value.items())
         if isinstance(value, (dict, set)) or (isinstance(value, (list, tuple)) and kind != "str | list"):
@@ -419,7 +440,8 @@ FIELD_ALIASES = {
     "warmup_ratio": "warmup", "lr_scheduler_type": "schedule", "lr_scheduler": "schedule", "optim": "optimizer",
     "gradient_checkpointing": "grad_ckpt", "max_seq_length": "seq_len", "max_length": "seq_len",
     "sequence_len": "seq_len", "lora_r": "rank", "r": "rank", "lora_alpha": "alpha",
-    "lora_target_modules": "target_modules", "use_rslora": "rslora", "model_name_or_path": "model",
+    "lora_target_modules": "target_modules", "peft_layers_to_transform": "layers_to_transform",
+    "lora_layers_to_transform": "layers_to_transform", "use_rslora": "rslora", "model_name_or_path": "model",
     "base_model": "model", "dataset_name": "dataset", "neftune_noise_alpha": "neftune_alpha", "beta": "dpo_beta",
     "eval_steps": "eval_every", "save_steps": "save_every", "dataloader_num_workers": "dataloader_workers",
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import os
 import shutil
@@ -35,11 +36,11 @@ from ftgrid.errors import ConfigError, did_you_mean, one_line  # noqa: E402
 from ftgrid.schema import coerce  # noqa: E402
 from ftgrid.yamlio import load_yaml_text, read_yaml_mapping  # noqa: E402
 from ftgrid.launch import plan as planner  # noqa: E402
-from ftgrid.launch import render, report  # noqa: E402
+from ftgrid.launch import render, report, timing  # noqa: E402
 from ftgrid.launch.submit import SubmitRefused  # noqa: E402
 from ftgrid.launch.spec import MAX_CELLS  # noqa: E402
 from ftgrid.launch.spec import (AXES, EXECUTORS, RESOURCE_SCALARS, RULE_KEYS, TRAIN_KEYS, Resources, SweepSpec, expand,  # noqa: E402
-                         IDENTITY_RESOURCES, parse_bool, parse_hostfile, parse_int, to_yaml_dict, typed_axes,
+                         IDENTITY_RESOURCES, parse_bool, refit_cell, parse_hostfile, parse_int, to_yaml_dict, typed_axes,
                          typed_axis, validate_output_dir, validate_python, validate_sweep_name)
 
 EXIT_BAD_INPUT = 2
@@ -48,7 +49,7 @@ LOCK_FILE = ".grid.lock"  # held while a grid.py writes the sweep and takes its 
 TRAIN_FLAGS = ("micro_batch", "grad_accum", "seq_len", "max_steps", "epochs", "target_modules", "grad_ckpt",
                "precision", "optimizer", "warmup", "weight_decay", "min_lr", "schedule", "wandb_mode", "eval_rows")
 SWEEP_KEYS = ("name",) + AXES + ("axes", "train", "resources", "setup", "sbatch", "container", "zip", "include",
-                                 "exclude")
+                                 "exclude", "fix_oom")
 LIST_KEYS = ("setup", "sbatch", "zip", "include", "exclude")
 RESOURCE_INTS = ("nodes", "gpus_per_node", "cpus_per_task")
 # Run-config fields the memory plan does not read: cells differing only in these share one plan.
@@ -114,6 +115,8 @@ def parse_args(argv):
     p.add_argument("--wait", action="store_true", help="SLURM: wait for the submitted cells, then report")
     p.add_argument("--rerun", default="", help="also re-run cells in these states, e.g. failed,oom,preempted")
     p.add_argument("--submit-oom", action="store_true", help="also run cells predicted not to fit")
+    p.add_argument("--fix-oom", action="store_true", default=None,
+                   help="apply the planner's cheapest fix to predicted-OOM cells (YAML fix_oom: true)")
     return p.parse_args(argv)
 
 
@@ -237,6 +240,7 @@ def build_spec(args) -> SweepSpec:
     else:
         spec.axes = data.get("axes") or {}
     spec.axes = typed_axes(spec.axes)
+    spec.fix_oom = parse_bool("fix_oom", args.fix_oom if args.fix_oom is not None else data.get("fix_oom") or False)
     for key in ("zip", "include", "exclude"):
         cli = getattr(args, key)
         parse = _split if key == "zip" else _rule
@@ -377,7 +381,10 @@ def write_sweep(out: Path, spec: SweepSpec, cells, plans, ctx: render.Context, h
         # a fresh sweep would cost a minute and say nothing new.
     shutil.rmtree(staging, ignore_errors=True)
     # sweep.yaml last (with cells.csv): a folder that has one holds every cell it describes
-    rundir.atomic_write_text(out / "sweep.yaml", yaml.safe_dump(to_yaml_dict(spec), sort_keys=False))
+    sweep = to_yaml_dict(spec)
+    if ctx.time_predicted:  # a predicted limit is predicted again when the sweep file is fed back
+        sweep["resources"].pop("time", None)
+    rundir.atomic_write_text(out / "sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
     rundir.atomic_write_text(out / "cells.csv", cells_csv(cells, plans, previous_csv))
     return created
 
@@ -445,20 +452,82 @@ def check_out_dir(out: Path, spec: SweepSpec, force: bool) -> str:
         return ""
 
 
-def print_plan(cells, plans, resources: Resources) -> None:
+def oom_fix(cell, plan, resources: Resources, max_gpus: int = 64):
+    """The planner's cheapest fix for a predicted-OOM cell (planner.suggest_fix), or None."""
+    return planner.suggest_fix(cell.run, gpu=resources.gpu, gpus=resources.world_size, zero=plan.zero,
+                               offload=plan.offload, gpus_per_node=resources.gpus_per_node or None,
+                               max_gpus=max_gpus)
+
+
+def fixed_resources(resources: Resources, fix) -> Resources:
+    """A fixed cell's own resources: its ZeRO stage and offload, and more GPUs where the fix asks for them
+    (a one-node sweep fills its node first, up to 8 GPUs; a multi-node sweep adds nodes)."""
+    if not fix.resources:
+        return resources
+    gpus, per_node = fix.resources["gpus"], resources.gpus_per_node
+    if resources.nodes == 1 and per_node:   # (CPU runs: one process per node, more nodes)
+        per_node = max(d for d in range(1, max(8, per_node) + 1) if gpus % d == 0)
+    return dataclasses.replace(resources, zero=str(fix.resources["zero"]), offload=fix.resources["offload"],
+                               nodes=gpus // max(per_node, 1), gpus_per_node=per_node)
+
+
+def fix_oom_cells(cells, plans, resources: Resources, max_gpus: int = 64):
+    """--fix-oom: every predicted-OOM cell with its fix applied (run-config changes in its run, resource
+    changes in its own resources; launch.spec.refit_cell gives it the id of what it now trains) and
+    planned again. Cells no fix helps stay as they are. A fixed cell equal to another cell of the grid is
+    that cell. Returns (cells, plans, {fixed cell id: (what changed, [the ids it replaces]})."""
+    out, fixed, done = {}, {}, {}  # done: plan -> (fix, resources, plan) (cells sharing a plan share a fix)
+    for c, p in zip(cells, plans):
+        if not p.fits:
+            if id(p) not in done:
+                fix = oom_fix(c, p, resources, max_gpus)
+                res = fixed_resources(resources, fix) if fix else resources
+                done[id(p)] = (fix, res, None)
+            fix, res, new_plan = done[id(p)]
+            if fix:
+                old = c.id
+                c = refit_cell(c, fix.run, res)
+                if new_plan is None:
+                    new_plan = (planner.choose_zero(c.run, gpu=res.gpu, gpus=res.world_size, offload=res.offload)
+                                if res.zero == "auto" else
+                                planner.plan_cell(c.run, gpu=res.gpu, gpus=res.world_size, zero=int(res.zero),
+                                                  offload=res.offload))
+                    done[id(p)] = (fix, res, new_plan)
+                p = new_plan
+                fixed.setdefault(c.id, (fix.text, []))[1].append(old)
+        out.setdefault(c.id, (c, p))
+    kept = [dataclasses.replace(c, index=i) for i, (c, _) in enumerate(out.values())]
+    return kept, [p for _, p in out.values()], fixed
+
+
+def print_plan(cells, plans, resources: Resources, fixed: dict | None = None, estimates=None) -> None:
     per_node = f"{resources.gpus_per_node} x {resources.gpu}" if resources.gpus_per_node else "cpu"
     print(f"{len(cells)} cells on {resources.nodes} node(s) x {per_node}")
-    print(f"{'cell':58} {'lr':>7} {'zero':>4} {'GiB/GPU':>8}  fits")
+    print(f"{'cell':58} {'lr':>7} {'zero':>4} {'GiB/GPU':>8} {'hours':>7}  fits")
     fixes = {}  # cells that share a plan share its fix
-    for c, p in zip(cells, plans):
-        print(f"{c.id:58} {c.run['lr']:>7.1e} {p.zero:>4} {p.peak_gib:8.1f}  {'yes' if p.fits else 'PREDICTED OOM'}")
+    estimates = estimates or [None] * len(cells)
+    for c, p, e in zip(cells, plans, estimates):
+        hours = f"{e.hours:7.2f}" if e else f"{'?':>7}"
+        print(f"{c.id:58} {c.run['lr']:>7.1e} {p.zero:>4} {p.peak_gib:8.1f} {hours}  "
+              f"{'yes' if p.fits else 'PREDICTED OOM'}")
+        if c.id in (fixed or {}):
+            text, was = fixed[c.id]
+            print(f"{'':58}   fixed (--fix-oom): {text}; was {', '.join(was)}")
         if not p.fits:
-            fix = fixes.setdefault(id(p), planner.suggest_fix(
-                c.run, gpu=resources.gpu, gpus=resources.world_size, zero=p.zero, offload=p.offload))
+            fix = fixes.setdefault(id(p), oom_fix(c, p, resources))
             print(f"{'':58}   fits with: {fix.text if fix else 'nothing up to 64 GPUs'}")
-    warning = planner.mem_warning(resources.mem, plans)
-    if warning:
-        print(warning)
+    known = [e for e in estimates if e]
+    if known:
+        print(f"predicted: {sum(e.gpu_hours for e in known):.1f} GPU-hours for the sweep"
+              + (f" ({len(cells) - len(known)} cell(s) unknown: dataset size)" if len(known) < len(cells) else "")
+              + f", {sum(e.hours for e in known):.1f} h of cells; throughput: {known[0].source}")
+    # each cell against its own array's limit (cells fixed by --fix-oom run in arrays of their own)
+    short = [(c.resources.time, e) for c, e in zip(cells, estimates)
+             if e and timing.time_warning(c.resources.time, [e])]
+    time_warning = timing.time_warning(short[0][0], [e for _, e in short]) if short else None
+    for warning in (planner.mem_warning(resources.mem, plans), time_warning):
+        if warning:
+            print(warning)
     # A compute node may see folders this machine does not: train.py checks them where the cell runs.
     for folder in sorted({c.run["weights"] for c in cells if c.run.get("weights")}):
         if not os.path.exists(folder):
@@ -565,11 +634,19 @@ def main(argv=None) -> int:
     try:
         spec = build_spec(args)
         executor, hosts = resolve_executor(args, spec)
-        if executor == "slurm" and not args.dry_run:  # before rendering: defaults may take the cluster's values
-            fit_cluster(args, spec)
         cells = expand(spec, max_cells=args.max_cells)
         check_datasets(spec, cells)
         plans = plan_cells(cells, spec.resources)
+        fixed = {}
+        if spec.fix_oom:  # a hostfile's hosts are all the GPUs there are
+            cells, plans, fixed = fix_oom_cells(cells, plans, spec.resources,
+                                                max_gpus=spec.resources.world_size if hosts else 64)
+        estimates = [timing.estimate(c.run, gpu=p.gpu, gpus=p.gpus) for c, p in zip(cells, plans)]
+        time_predicted = "time" not in given_resources(args)
+        if time_predicted:
+            predict_time(cells, estimates, spec.resources)
+        if executor == "slurm" and not args.dry_run:  # before rendering: defaults may take the cluster's values
+            fit_cluster(args, spec)
         rerun = set(_split(args.rerun))
         if rerun - set(rundir.STATES):
             raise ConfigError(f"--rerun takes states from {', '.join(rundir.STATES)}; got "
@@ -589,14 +666,14 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     hosts_text = "".join(f"{h} slots={n}\n" for h, n in hosts)
     ctx = render.Context(sweep=spec.name, python=args.python, hosts=hosts,
-                         hostfile=out.resolve() / render.HOSTFILE if hosts else None)
+                         hostfile=out.resolve() / render.HOSTFILE if hosts else None, time_predicted=time_predicted)
     out.mkdir(parents=True, exist_ok=True)
     # One grid.py at a time writes, selects and takes this sweep's cells; a second one started meanwhile
     # waits its turn, then skips the cells the first took (in flight) and runs only the rest.
     with rundir.locked(out / LOCK_FILE, on_wait=lambda holder: print(
             f"waiting for another grid.py on {out} ({holder}) to take its cells", flush=True)):
         created = write_sweep(out, spec, cells, plans, ctx, hosts_text, previous_csv)
-        print_plan(cells, plans, spec.resources)
+        print_plan(cells, plans, spec.resources, fixed, estimates)
         todo = select(out, cells, plans, rerun, args.submit_oom, created)
         if args.dry_run:
             if hosts:
@@ -604,7 +681,8 @@ def main(argv=None) -> int:
             print(f"dry run: wrote {len(cells)} cells to {out}; nothing submitted")
             return 0
         try:
-            taken = take(args, executor, hosts, spec, out, todo)
+            todo = by_resources(todo, cells)  # fixed cells ask for their own resources: one array each
+            taken = take(args, executor, hosts, spec, out, todo, {out / c.id: c.resources for c in cells})
         except SubmitRefused as e:
             print(f"error: {one_line(e)}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -641,20 +719,51 @@ def fit_cluster(args, spec: SweepSpec) -> None:
     found = cluster.query()
     if found is None:  # no scontrol answer: sbatch will say what is wrong
         return
-    data = _load_config(args.config) if args.config else {}
-    res = data.get("resources") if isinstance(data.get("resources"), dict) else {}
-    given = set(res) | {k for k in RESOURCE_SCALARS if getattr(args, f"res_{k}") is not None}
-    for note in cluster.fit_resources(spec.resources, found, given):
+    for note in cluster.fit_resources(spec.resources, found, given_resources(args)):
         print(f"cluster: {note}")
 
 
-def take(args, executor: str, hosts, spec: SweepSpec, out: Path, todo: list):
-    """Under the sweep's lock: submit the cells (SLURM; returns the jobs), or mark them taken by this
-    process (run here one after another), so that a concurrent grid.py skips them."""
+def given_resources(args) -> set:
+    """The resource keys the user set (sweep file or flags); the others are defaults."""
+    data = _load_config(args.config) if args.config else {}
+    res = data.get("resources") if isinstance(data.get("resources"), dict) else {}
+    return set(res) | {k for k in RESOURCE_SCALARS if getattr(args, f"res_{k}") is not None}
+
+
+def predict_time(cells, estimates, resources: Resources) -> None:
+    """No --time given: each array's cells (those sharing a Resources) get the predicted limit of the
+    longest of them (launch/timing.py), rendered in job.sbatch and passed to submitit alike."""
+    groups = {id(resources): (resources, [])}
+    for c, e in zip(cells, estimates):
+        groups.setdefault(id(c.resources), (c.resources, []))[1].append(e)
+    for res, group in groups.values():
+        res.time = timing.predicted_time(group or estimates)[0]
+
+
+def by_resources(todo: list, cells) -> list:
+    """The cell folders to run, those asking for the same resources next to each other (in order)."""
+    key = {c.id: repr(c.resources) for c in cells}
+    groups = {}
+    for cell_dir in todo:
+        groups.setdefault(key.get(cell_dir.name), []).append(cell_dir)
+    return [d for group in groups.values() for d in group]
+
+
+def take(args, executor: str, hosts, spec: SweepSpec, out: Path, todo: list, resources_of: dict | None = None):
+    """Under the sweep's lock: submit the cells (SLURM; returns the jobs, in the order of `todo`: one array
+    per run of cells with the same resources), or mark them taken by this process (run here one after
+    another), so that a concurrent grid.py skips them."""
     from ftgrid.launch import submit
     if executor == "slurm":
-        return submit.SlurmExecutor(out, spec.resources, max_parallel=args.max_parallel).submit(
-            todo, job_name=spec.name) if todo else []
+        jobs, groups = [], []
+        for cell_dir in todo:
+            res = (resources_of or {}).get(cell_dir, spec.resources)
+            if not groups or groups[-1][0] != res:
+                groups.append((res, []))
+            groups[-1][1].append(cell_dir)
+        for res, dirs in groups:
+            jobs += submit.SlurmExecutor(out, res, max_parallel=args.max_parallel).submit(dirs, job_name=spec.name)
+        return jobs
     if executor == "hostfile" and submit.HostfileExecutor(hosts).missing():
         return None
     for cell_dir in todo:

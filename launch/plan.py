@@ -19,9 +19,11 @@ What it models (bytes are per GPU):
 - Activations, per token and layer, counted from what autograd keeps with flash-style attention
   (no s^2 term; Korthikanti's 34·s·b·h generalised to the family's layers): norm inputs (fp32 under
   autocast), q/k/v and the attention output, the MLP activation's inputs, dropout masks, the inputs
-  of layers whose weight trains (full fine-tuning) and of LoRA adapters (a calibrated bytes-per-input
-  coefficient). Gradient checkpointing keeps each layer's input, plus the larger of the logits and
-  one recomputed layer (they never coexist: the peak is at the loss's backward or at a recompute).
+  of layers whose weight trains (full fine-tuning; the output projection's input is the attention
+  output the kernel keeps, unless transformers copies it) and of LoRA adapters (a calibrated
+  bytes-per-input coefficient). Gradient checkpointing keeps each layer's input, plus the larger of
+  the logits and one recomputed layer (they never coexist: the peak is at the loss's backward or at a
+  recompute; wide adapters put a recompute's peak at the widest one, with PEFT's fp32 input copies).
   MoE blocks keep the top-k experts' activations. `attn_implementation: eager` adds Korthikanti's
   5·a·s term. Packed rows (ftgrid.execution decides, as the entrypoint runs them) carry a
   block-diagonal mask: SDPA's memory-efficient kernel keeps a 16-bit s² bias per row and layer, and
@@ -104,6 +106,9 @@ class GpuPreset:
     device: str = "cuda"
     visible_gib: float = 0.0
     fragmentation: float = 0.0  # fraction of mem_gib kept free for the caching allocator
+    peak_tflops: float = 0.0    # throughput prior for launch/timing.py: bf16 dense peak (cpu: measured)
+    mfu: float = 0.0            # achievable fraction of the peak
+    step_overhead_s: float = 0.0  # fixed time per optimizer step
 
     @property
     def capacity_gib(self) -> float:
@@ -119,7 +124,8 @@ def _load_presets() -> dict[str, GpuPreset]:
         out[name] = GpuPreset(
             name=name, mem_gib=round(float(p["visible_gib"]) - float(p.get("context_gib", 0.0)), 3),
             bf16=bool(p["bf16"]), device=device, visible_gib=float(p["visible_gib"]),
-            fragmentation=frag if device == "cuda" else 0.0)
+            fragmentation=frag if device == "cuda" else 0.0, peak_tflops=float(p.get("peak_tflops", 0.0)),
+            mfu=float(p.get("mfu", 0.0)), step_overhead_s=float(p.get("step_overhead_s", 0.0)))
     return out
 
 
@@ -265,15 +271,25 @@ def _geometry(spec: ModelSpec) -> _Geometry:
         linear_weights=linear_w, classifier=classifier)
 
 
-def resolve_targets(spec: ModelSpec, targets) -> tuple[str, ...]:
-    """'preset' | 'all-linear' | list (or comma string) of module names -> tuple of names."""
+def resolve_targets(spec: ModelSpec, targets, layers=None) -> tuple[str, ...]:
+    """'preset' | 'all-linear' | list (or comma string) of module names -> tuple of names.
+    `layers` (PEFT's layers_to_transform) keeps the adapters of those layer indices only: each name
+    becomes one `name@i` per layer, as a per-layer suffix target does; a module outside the layers
+    (lm_head) is not adapted (PEFT matches layer indices in the module's name)."""
     if targets is None or targets == "preset":
-        return tuple(spec.lora_preset)
-    if targets == "all-linear":
-        return tuple(spec.linear)
-    if isinstance(targets, str):
-        targets = [t for t in targets.split(",") if t]
-    return tuple(_target_name(str(t)) for t in targets)
+        names = tuple(spec.lora_preset)
+    elif targets == "all-linear":
+        names = tuple(spec.linear)
+    else:
+        if isinstance(targets, str):
+            targets = [t for t in targets.split(",") if t]
+        names = tuple(_target_name(str(t)) for t in targets)
+    if layers is None:
+        return names
+    keep = {int(i) for i in layers}
+    return tuple(dict.fromkeys(
+        [t for t in names if "@" in t and int(t.split("@")[1]) in keep]
+        + [f"{t}@{i}" for t in names if "@" not in t for i in sorted(keep)]))
 
 
 def _target_name(target: str) -> str:
@@ -405,10 +421,16 @@ def _activation_coeffs(spec: ModelSpec, method: str, targets: tuple[str, ...], r
         masks = (int(arch.get("dropout_masks", 0)) + (1 if st.cross else 0)) * h
         saved = 0.0
         if full:
+            # The output projection reads the attention output, the tensor the kernel already keeps
+            # (counted above), unless transformers' `.contiguous()` copies it: eager attention, or
+            # flash with a query laid out heads-first (arch `attn_out_copy`: gpt_neox's partial
+            # rotary concatenates); the memory-efficient kernel (packed rows) writes it tokens-first.
+            copied = eager or (not bias and bool(arch.get("attn_out_copy")))
+            inputs = [lin for lin in st.linears if copied or lin.tag not in ("attn", "xattn")]
             if mode == "amp":                   # each autocast cast of a layer input is its own copy
-                saved += sum(2 * lin.din for lin in st.linears)
+                saved += sum(2 * lin.din for lin in inputs)
             else:
-                saved += sum(act_b * d for d in {lin.tag: lin.din for lin in st.linears}.values())
+                saved += sum(act_b * d for d in {lin.tag: lin.din for lin in inputs}.values())
             if spec.experts:
                 saved += k * act_b * (h + f) + act_b * h
         if quant == "int8":                      # bnb's 8-bit matmul keeps its input
@@ -452,8 +474,15 @@ def _activation_coeffs(spec: ModelSpec, method: str, targets: tuple[str, ...], r
     elif geo.classifier and method in LORA_METHODS:
         c0 += act_b * h + h
     logits = COEFFS["logits_bytes"] * geo.head_out
-    # a recomputed layer's own backward adds the gradients of its widest intermediates (MLP gate/up)
-    recompute = one_layer + 2 * act_b * f * (k if spec.experts else 1)
+    # A recomputed layer peaks in its own backward (the gradients of its widest intermediates, MLP
+    # gate/up) or, where adapters are wide, in its recomputed forward at the widest adapter: PEFT's
+    # fp32 cast of the input and the dropout's fp32 output beside the input itself, while the block
+    # still holds its residual and the MLP its input (the recompute stops after the last saving op).
+    backward = 2 * act_b * f * (k if spec.experts else 1)
+    adapter_in = max((lin.din for st in geo.stacks for lin in st.linears
+                      if _layers_targeted(targets, lin.name, st.layers)), default=0)
+    widest = (act_b + (4 if mode != "fp32" else 0) + (4 if lora_dropout else 0)) * adapter_in
+    recompute = one_layer + max(backward, widest + resid_b * h + act_b * h if adapter_in else 0.0)
     return c0, c1, logits, (recompute if ckpt else 0.0), (one_layer_s if ckpt else 0.0)
 
 
@@ -683,7 +712,7 @@ def plan_cell(run: dict, *, gpu: str, gpus: int = 1, zero: int = 0, offload: str
     grad_accum = _positive_int("grad_accum", _get(run, "grad_accum"))
     if method in LORA_METHODS:
         rank = _positive_int("rank", 16 if run.get("rank") is None else run["rank"])
-        targets = resolve_targets(spec, _get(run, "target_modules"))
+        targets = resolve_targets(spec, _get(run, "target_modules"), run.get("layers_to_transform"))
     else:
         rank, targets = 0, ()
     lora_dropout = float(_get(run, "lora_dropout")) > 0
@@ -778,30 +807,60 @@ def suggest_fix(run: dict, *, gpu: str, gpus: int = 1, zero: int = 0, offload: s
                 gpus_per_node: int | None = None, max_gpus: int = 64) -> OomFix | None:
     """In order of cost: the largest micro batch that fits with the gradient accumulation that keeps
     the global batch; gradient checkpointing; a ZeRO stage or offload; more GPUs (doubling, ZeRO
-    chosen again). None when the cell fits already or nothing up to `max_gpus` does."""
+    chosen again; with them the accumulation shrinks to keep the global batch where it divides, and
+    the micro batch where nothing else fits). None when the cell fits already or nothing up to
+    `max_gpus` does."""
     kw = dict(gpu=gpu, gpus_per_node=gpus_per_node)
     if plan_cell(run, gpus=gpus, zero=zero, offload=offload, **kw).fits:
         return None
-    mb, ga = int(_get(run, "micro_batch")), int(_get(run, "grad_accum"))
+    ga = int(_get(run, "grad_accum"))
     for ckpt in ((False, True) if not _get(run, "grad_ckpt") else (True,)):
         trial = dict(run, grad_ckpt=ckpt)
-        best = plan_cell(dict(trial, micro_batch=1), gpus=gpus, zero=zero, offload=offload, **kw).max_micro_batch
-        fitting = [m for m in range(min(best, mb), 0, -1) if (mb * ga) % m == 0]
-        if fitting:
-            m = fitting[0]
-            change = {"micro_batch": m, "grad_accum": mb * ga // m}
+        change = _fitting_batch(trial, lambda r: plan_cell(r, gpus=gpus, zero=zero, offload=offload, **kw))
+        if change is not None:
             if ckpt and not _get(run, "grad_ckpt"):
                 change["grad_ckpt"] = True
-            text = f"micro batch {m} x grad accum {mb * ga // m}" + (" + grad-ckpt" if "grad_ckpt" in change else "")
+            text = (f"micro batch {change['micro_batch']} x grad accum {change['grad_accum']}"
+                    + (" + grad-ckpt" if "grad_ckpt" in change else ""))
             return OomFix(text, change)
     n = gpus
     while n <= max_gpus:
-        p = choose_zero(dict(run, grad_ckpt=True), offload=offload, gpus=n, **kw)
+        p, change = choose_zero(run, offload=offload, gpus=n, **kw), {}
+        if not p.fits and not _get(run, "grad_ckpt"):
+            change = {"grad_ckpt": True}
+            p = choose_zero(dict(run, **change), offload=offload, gpus=n, **kw)
+        if not p.fits:
+            trial = dict(run, grad_ckpt=True)
+            batch = _fitting_batch(trial, lambda r: choose_zero(r, offload=offload, gpus=n, **kw))
+            if batch is not None:
+                change.update(batch)
+                p = choose_zero(dict(trial, **batch), offload=offload, gpus=n, **kw)
         if p.fits:
             where = f"{n} GPUs, " if n != gpus else ""
+            if "micro_batch" in change:
+                where += f"micro batch {change['micro_batch']}, "
+            accum = change.get("grad_accum", ga)
+            if n != gpus and accum % (n // gpus) == 0:   # keep the global batch where the accumulation allows
+                change["grad_accum"] = accum // (n // gpus)
+            if change.get("grad_accum", ga) != ga:
+                where += f"grad accum {change['grad_accum']}, "
             return OomFix(f"{where}zero {p.zero}" + (f" offload {p.offload}" if p.offload != "none" else "")
-                          + " + grad-ckpt", {"grad_ckpt": True}, {"zero": p.zero, "offload": p.offload, "gpus": n})
+                          + (" + grad-ckpt" if "grad_ckpt" in change else ""), change,
+                          {"zero": p.zero, "offload": p.offload, "gpus": n})
         n *= 2
+    return None
+
+
+def _fitting_batch(run: dict, plan) -> dict | None:
+    """The largest micro batch below the cell's that `plan` says fits, with the gradient accumulation
+    that keeps micro x accumulation (each candidate planned with its own accumulation)."""
+    mb, ga = int(_get(run, "micro_batch")), int(_get(run, "grad_accum"))
+    best = plan(dict(run, micro_batch=1, grad_accum=mb * ga)).max_micro_batch
+    for m in range(min(best, mb - 1), 0, -1):
+        if (mb * ga) % m == 0:
+            change = {"micro_batch": m, "grad_accum": mb * ga // m}
+            if plan(dict(run, **change)).fits:
+                return change
     return None
 
 
@@ -884,6 +943,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="lora")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 16)")
     p.add_argument("--target-modules", default="preset", help="preset | all-linear | a,b,c")
+    p.add_argument("--layers-to-transform", default=None, metavar="I,J",
+                   help="LoRA on these layer indices only (PEFT's layers_to_transform)")
     p.add_argument("--micro-batch", type=int, default=_DEFAULTS.micro_batch)
     p.add_argument("--seq-len", type=int, default=_DEFAULTS.seq_len)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -909,7 +970,7 @@ def _parser() -> argparse.ArgumentParser:
 def _table(plan: Plan, run: dict) -> str:
     adapter = ""
     if run["method"] in LORA_METHODS:
-        names = resolve_targets(model_spec(run["model"]), run["target_modules"])
+        names = resolve_targets(model_spec(run["model"]), run["target_modules"], run["layers_to_transform"])
         adapter = f" r{run.get('rank') or 16} [{','.join(names)}]"
     lines = [f"{run['model']} {run['method']}{adapter}"
              + f"  micro-batch {plan.micro_batch} x seq {plan.seq_len}"
@@ -954,9 +1015,10 @@ def main(argv=None) -> int:
                "micro_batch": args.micro_batch, "seq_len": args.seq_len, "grad_ckpt": args.grad_ckpt,
                "grad_accum": args.grad_accum, "precision": args.precision, "optimizer": args.optimizer,
                "lora_dropout": args.lora_dropout, "chunked_loss": args.loss == "chunked",
-               "packing": args.packing}
+               "packing": args.packing, "layers_to_transform": args.layers_to_transform}
         # the run-config rules every command shares: bounds, rank <= hidden size, seq_len <= context
-        run_config.from_dict({k: v for k, v in run.items() if v is not None})
+        run["layers_to_transform"] = run_config.from_dict(
+            {k: v for k, v in run.items() if v is not None}).layers_to_transform
         if args.zero == "auto":
             plan = choose_zero(run, gpu=args.gpu, gpus=args.gpus, offload=args.offload,
                                gpus_per_node=args.gpus_per_node)

@@ -97,6 +97,7 @@ class Context:
     project_root: Path = PROJECT_ROOT
     hosts: tuple = ()             # ((host, slots), ...): also render the hostfile runner scripts
     hostfile: Path | None = None  # where the sweep's copy of the hostfile lives
+    time_predicted: bool = False  # res.time came from launch/timing.py (no --time was given)
 
     @functools.cached_property
     def train_py(self) -> Path:
@@ -125,7 +126,7 @@ def _common(cell, plan, run_dir: Path, ctx: Context) -> dict:
     res = cell.resources
     return dict(cell=cell, sweep=ctx.sweep, res=res, plan=plan, paths=_paths(run_dir, ctx.hostfile),
                 python=ctx.python, train_py=ctx.train_py, project_root=ctx.project_root,
-                nproc_per_node=res.nproc_per_node)
+                nproc_per_node=res.nproc_per_node, time_predicted=ctx.time_predicted)
 
 
 def sbatch(*, cell, sweep: str, run_dir: Path, plan, python: str, project_root: Path = PROJECT_ROOT) -> str:

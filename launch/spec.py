@@ -82,7 +82,7 @@ class Resources:
     offload: str = "none"         # none | optimizer | optimizer+params
     cpus_per_task: int = 8
     mem: str = ""                 # SLURM --mem per node; empty = the partition's default
-    time: str = "24:00:00"
+    time: str = "24:00:00"        # not given: grid.py renders the predicted time instead (launch/timing.py)
     partition: str = ""
     account: str = ""
     qos: str = ""
@@ -121,6 +121,7 @@ class SweepSpec:
     resources: Resources = field(default_factory=Resources)
     axes: dict = field(default_factory=dict)              # any other run-config key -> its values
     model_weights: dict = field(default_factory=dict)     # model -> its weights folder ({name, weights} entries)
+    fix_oom: bool = False                                 # apply the planner's fix to predicted-OOM cells
 
 
 @dataclass(frozen=True)
@@ -637,10 +638,24 @@ def expand(spec: SweepSpec, max_cells: int = MAX_CELLS) -> list[Cell]:
     return cells
 
 
+def refit_cell(cell: Cell, run_changes: dict, resources: Resources) -> Cell:
+    """The cell with a fix applied (run-config changes, its own resources): it gets the id of what it
+    now trains, so a re-run with the same fix finds the same folder."""
+    run = dict(cell.run, **run_changes)
+    del run["name"]
+    swept = tuple(k for k, _ in cell.params if k not in RULE_KEYS)
+    cid = cell_id(run, resources, swept)
+    run["name"] = cid
+    params = tuple((k, run[k] if k in swept else v) for k, v in cell.params)
+    return Cell(id=cid, index=cell.index, run=run, resources=resources, params=params)
+
+
 def to_yaml_dict(spec: SweepSpec) -> dict:
     """The resolved spec in the sweep-file layout (`--config runs/<sweep>/sweep.yaml` re-creates it)."""
     res = dataclasses.asdict(spec.resources)
-    out = {"name": spec.name, **{a: list(getattr(spec, a)) for a in AXES}, "train": dict(spec.train)}
+    # lrs [None] (each method's default lr) is left out: a sweep file without lrs means the same
+    out = {"name": spec.name, **{a: list(getattr(spec, a)) for a in AXES if list(getattr(spec, a)) != [None]},
+           "train": dict(spec.train)}
     models, weights = model_entries(spec.models)
     weights = {**spec.model_weights, **weights}
     out["models"] = [{"name": m, "weights": weights[m]} if m in weights else m for m in models]
@@ -648,6 +663,8 @@ def to_yaml_dict(spec: SweepSpec) -> dict:
         out["axes"] = {k: [list(v) if isinstance(v, tuple) else v for v in vs] for k, vs in spec.axes.items()}
     if spec.global_batch is not None:
         out["train"]["global_batch"] = spec.global_batch
+    if spec.fix_oom:
+        out["fix_oom"] = True
     out.update(zip=[list(g) for g in _zip_groups(spec)], include=list(spec.include),
                exclude=list(spec.exclude), setup=list(res.pop("setup")), sbatch=list(res.pop("sbatch")),
                container=dict(res.pop("container")), resources=res)

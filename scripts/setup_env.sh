@@ -14,5 +14,11 @@ fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt torch
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+# DeepSpeed compiles its CPU communication op (shared-memory all-reduce) on first use: about a minute
+# on two cores. Build it once here, into torch's extension cache, not in the first multi-process run.
+"$VENV/bin/python" -c 'from deepspeed.accelerator import get_accelerator
+builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+if builder is not None:
+    builder.load(verbose=False)' >/dev/null
 touch "$VENV/.installed"
 echo "setup: $VENV ready ($("$VENV/bin/python" -c 'import torch, transformers, deepspeed; print("torch", torch.__version__, "transformers", transformers.__version__, "deepspeed", deepspeed.__version__)' 2>/dev/null))"

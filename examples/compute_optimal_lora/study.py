@@ -34,11 +34,13 @@ from ftgrid.data_prep.python_docs import write_passages  # noqa: E402
 BASES = ("pythia-study-xs", "pythia-study-s", "pythia-study-m")
 
 FULL = dict(bases=BASES, pretrain_steps=600, ranks=(2, 8, 32), tiers=("small", "medium", "large"),
-            epochs=1, bootstrap=200)
+            epochs=1, bootstrap=200, pretrain_sets=("eval_rows=200",), lora_sets=())
 # The smoke run (what CI runs) keeps every step of the study at the smallest size that still fits a law:
 # two bases, two ranks, two data sizes given as row counts (a tier may be a count).
+# Its cells evaluate on fewer rows and write no samples: evaluation and generation cost more than its training.
 SMOKE = dict(bases=BASES[:2], pretrain_steps=40, ranks=(2, 8), tiers=("100", "300"), epochs=1,
-             bootstrap=20)
+             bootstrap=20, pretrain_sets=("eval_rows=64", "num_samples=0"),
+             lora_sets=("eval_rows=64", "num_samples=0"))
 
 
 def sh(*cmd, **kw) -> None:
@@ -48,6 +50,10 @@ def sh(*cmd, **kw) -> None:
 
 def grid(*args) -> None:
     sh(sys.executable, ROOT / "launch" / "grid.py", "--executor", "local", "--gpu", "cpu", *args)
+
+
+def sets(pairs) -> list[str]:
+    return [arg for pair in pairs for arg in ("--set", pair)]
 
 
 def cell_dirs(sweep: Path) -> list[Path]:
@@ -68,7 +74,7 @@ def main(argv=None) -> int:
     base_sweep = out / "pretrain"
     grid("--name", "pretrain", "--out", base_sweep, "--models", ",".join(plan["bases"]), "--methods", "full",
          "--lrs", "2e-3", "--datasets", f"{corpus}", "--max-steps", str(plan["pretrain_steps"]),
-         "--micro-batch", "8", "--seq-len", "128", "--set", "warmup=0.05", "--set", "eval_rows=200")
+         "--micro-batch", "8", "--seq-len", "128", "--set", "warmup=0.05", *sets(plan["pretrain_sets"]))
     weights = {json.loads((d / "metrics.json").read_text())["model"]: d / "model" for d in cell_dirs(base_sweep)}
 
     tables = []
@@ -77,7 +83,7 @@ def main(argv=None) -> int:
         grid("--name", f"lora-{base}", "--out", sweep, "--models", base,
              "--ranks", ",".join(map(str, plan["ranks"])), "--alphas", "2r", "--lrs", "2e-3",
              "--datasets", ",".join(f"wordnet:{t}" for t in plan["tiers"]), "--epochs", str(plan["epochs"]),
-             "--micro-batch", "16", "--seq-len", "96", "--set", f"weights={weights[base]}")
+             "--micro-batch", "16", "--seq-len", "96", "--set", f"weights={weights[base]}", *sets(plan["lora_sets"]))
         sh(sys.executable, "-m", "launch.report", sweep)
         tables.append(sweep / "results.csv")
 

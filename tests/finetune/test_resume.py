@@ -161,7 +161,9 @@ def torchrun_popen(cell_yaml: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.parametrize("zero", [2, 3])
+# ZeRO-3 only: its checkpoint holds partitioned weights and optimizer states, a superset of what ZeRO-2
+# saves, and the kit's resume path (latest checkpoint -> Trainer -> DeepSpeed engine) is the same for both.
+@pytest.mark.parametrize("zero", [3])
 def test_usr1_under_zero_with_two_ranks_resumes_to_the_uninterrupted_loss(tmp_path, zero, zero_run):
     _, want = zero_run(zero)  # the same cell run straight through (shared with test_deepspeed.py)
     cell_yaml = cells.make_cell(tmp_path / "preempted", zero=zero, save_every=4, **cells.ZERO_RUNS[zero])

@@ -278,3 +278,17 @@ def test_hostfile_executor_runs_the_deepspeed_runner_script(tmp_path):
     assert "deepspeed.launcher.launch" in log  # DeepSpeed's launcher started the rank
     assert json.loads((cell / "status.json").read_text())["state"] == "done"
     assert json.loads((cell / "metrics.json").read_text())["steps"] == 6
+
+
+def test_a_default_lr_sweep_is_fed_back_from_its_sweep_yaml(tmp_path):
+    """No --lrs: each method's default lr. The resolved sweep.yaml says so by leaving lrs out, and feeding it
+    back (a re-run from the sweep folder) gives the same cell."""
+    out = tmp_path / "out"
+    assert grid("--models", "pythia-tiny", "--gpu", "cpu", "--dry-run", "--out", out).returncode == 0
+    assert "lrs" not in yaml.safe_load((out / "sweep.yaml").read_text())
+    again = grid("--config", out / "sweep.yaml", "--dry-run", "--out", out)
+    assert again.returncode == 0, explain(again)
+    assert "0 cell(s) to run" not in again.stdout and len([p for p in out.iterdir() if p.is_dir()]) == 1
+    # no --time: the limit was predicted, and is predicted again from the fed-back sweep file
+    assert "time" not in yaml.safe_load((out / "sweep.yaml").read_text())["resources"]
+    assert "no --time was given" in next(out.glob("*/job.sbatch")).read_text()

@@ -22,6 +22,8 @@ CELLS = [
     ("gpt2-medium", "lora", "preset", True, False, 512),
     ("llama-2-7b", "lora", "preset", True, False, 2048),
     ("gpt2-medium", "lora", "h.22.attn.c_attn", False, False, 512),   # one adapted layer: 22 keep nothing
+    ("pythia-1.4b", "full", None, True, False, 2048),       # the output projection reads the kept attention output
+    ("mistral-7b", "lora", "all-linear", False, True, 512),  # the peak in the recompute, at the widest adapter
 ]
 
 
