@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED = 1
 
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-fast clean-demo
+.PHONY: setup demo test test-fast study-smoke clean-demo
 
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/setup_env.sh
 	bash scripts/setup_env.sh $(VENV)
@@ -31,10 +31,14 @@ demo: setup
 # end of every run, so the suite's cost stays visible.
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30 -m "not study"
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not slurm"
+
+# The compute-optimal study end to end at its smallest (pretrain, LoRA grid, report, fits): about 3 minutes.
+study-smoke: setup
+	$(PY) -m pytest -q -m study
 
 clean-demo:
 	rm -rf $(DEMO_OUT)

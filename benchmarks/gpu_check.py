@@ -451,16 +451,7 @@ class Check:
             job_path = self.scratch / f"worker-{n}.json"
             job_path.write_text(json.dumps(job))
             log = self.out / "logs" / f"worker-{n}.log"
-            with open(log, "w") as fh:
-                proc = subprocess.Popen([sys.executable, str(THIS), "--worker", str(job_path)], cwd=ROOT,
-                                        stdout=fh, stderr=subprocess.STDOUT, env=child_env(self.args),
-                                        start_new_session=True)
-                try:
-                    code = proc.wait(timeout=left)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, 9)
-                    proc.wait()
-                    code = "timeout"
+            code = run_logged([sys.executable, str(THIS), "--worker", str(job_path)], log, self.args, left)
             started, lines = None, []
             if Path(job["results"]).exists():
                 lines = Path(job["results"]).read_text().splitlines()
@@ -627,15 +618,7 @@ class Check:
                 run["summary"] = "skipped: section budget spent"
                 continue
             log = self.out / "logs" / f"throughput_{suffix}.log"
-            with open(log, "w") as fh:
-                proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=child_env(self.args),
-                                        start_new_session=True)
-                try:
-                    code = proc.wait(timeout=left)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, 9)
-                    proc.wait()
-                    code = "timeout"
+            code = run_logged(cmd, log, self.args, left)
             if out.exists():
                 text = out.read_text()
                 ratio = next((l for l in text.splitlines() if l.startswith("ours / baseline")), "")
@@ -759,6 +742,20 @@ def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def run_logged(cmd, log: Path, args, timeout_s: float):
+    """A child in its own session, output to `log`; its exit code, or "timeout" (its whole group killed)
+    once the section's budget is spent."""
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=child_env(args),
+                                start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            return "timeout"
 
 
 def child_env(args) -> dict:

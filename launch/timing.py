@@ -237,6 +237,16 @@ def estimate(run: dict, *, gpu: str, gpus: int = 1) -> Estimate | None:
 # The SLURM time limit
 
 
+def duration_text(hours: float) -> str:
+    """A predicted duration as people read it: 45 s, 12 min, 3.4 h, 2.1 d."""
+    seconds = hours * 3600
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
+
+
 def minutes_text(minutes: int) -> str:
     """Whole minutes as a SLURM time: HH:MM:00, or D-HH:MM:00 from a day on."""
     days, rest = divmod(int(minutes), 24 * 60)

@@ -1,7 +1,7 @@
 """Compute-optimal LoRA at CPU scale, run with the kit end to end as a user would.
 
     python examples/compute_optimal_lora/study.py                 # the full study (< 1 h on 2 CPU cores)
-    python examples/compute_optimal_lora/study.py --smoke         # about two minutes: what CI runs
+    python examples/compute_optimal_lora/study.py --smoke         # about three minutes: `make study-smoke`
 
 1. Pretrain: three Pythia-shaped base models (registry entries pythia-study-{xs,s,m}) are trained
    from scratch on real text available offline: the documentation that ships with CPython (the
@@ -35,7 +35,7 @@ BASES = ("pythia-study-xs", "pythia-study-s", "pythia-study-m")
 
 FULL = dict(bases=BASES, pretrain_steps=600, ranks=(2, 8, 32), tiers=("small", "medium", "large"),
             epochs=1, bootstrap=200, pretrain_sets=("eval_rows=200",), lora_sets=())
-# The smoke run (what CI runs) keeps every step of the study at the smallest size that still fits a law:
+# The smoke run (`make study-smoke`) keeps every step of the study at the smallest size that still fits a law:
 # two bases, two ranks, two data sizes given as row counts (a tier may be a count).
 # Its cells evaluate on fewer rows and write no samples: evaluation and generation cost more than its training.
 SMOKE = dict(bases=BASES[:2], pretrain_steps=40, ranks=(2, 8), tiers=("100", "300"), epochs=1,

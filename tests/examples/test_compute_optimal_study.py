@@ -7,7 +7,8 @@ import pytest
 
 from cells import ROOT, explain, run
 
-pytestmark = pytest.mark.slow
+# Three minutes of a study, the sum of what other tests check one by one: run with `make study-smoke`.
+pytestmark = [pytest.mark.slow, pytest.mark.study]
 
 
 def test_study_smoke_pretrains_finetunes_reports_and_fits(tmp_path):
