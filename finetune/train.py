@@ -134,6 +134,10 @@ def ensure_distributed_env(cfg: RunConfig) -> None:
 
 
 def setup(cfg: RunConfig):
+    if not cfg.uses_bitsandbytes:
+        # peft imports bitsandbytes eagerly, and bitsandbytes compiles its kernels at import (about 1.7 s
+        # of every start on a CPU); a run that quantizes nothing runs as if it were not installed.
+        sys.modules.setdefault("bitsandbytes", None)
     import torch
     import transformers
     from ftgrid.finetune import models, tasks

@@ -24,6 +24,7 @@ from ftgrid.yamlio import read_yaml_mapping
 
 METHODS = ("full", "lora", "qlora", "lora-8bit")
 LORA_METHODS = ("lora", "qlora", "lora-8bit")
+QUANTIZED_METHODS = ("qlora", "lora-8bit")
 TASKS = ("sft", "dpo", "token-classification", "summarization")
 # Which tasks each kind of model can run (causal decoders take a classification head for tokens).
 TASKS_BY_KIND = {"causal": TASKS, "encoder": ("token-classification",), "seq2seq": ("summarization",)}
@@ -36,6 +37,7 @@ UNSUPPORTED_TASKS = {
 INITS = ("auto", "pretrained", "random")
 SCHEDULES = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd")
+BNB_OPTIMIZERS = ("adamw-8bit", "paged-adamw-8bit")
 # The learning rate when none is given: full fine-tuning moves every weight (small steps), adapters start
 # from zero (LoRA, QLoRA papers: 1e-4 .. 3e-4).
 DEFAULT_LR = {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4, "lora-8bit": 2e-4}
@@ -138,6 +140,11 @@ class RunConfig:
     @property
     def is_lora(self) -> bool:
         return self.method in LORA_METHODS
+
+    @property
+    def uses_bitsandbytes(self) -> bool:
+        """Quantized base weights or an 8-bit optimizer: the only parts of a run that call bitsandbytes."""
+        return self.method in QUANTIZED_METHODS or self.optimizer in BNB_OPTIMIZERS
 
     def resolved(self) -> "RunConfig":
         """A copy with every None default filled in (what cell.yaml records)."""

@@ -140,3 +140,13 @@ def test_familiar_names_are_aliases_or_refused_with_ours():
         config.from_dict({"resume_from_checkpoint": True})
     with pytest.raises(config.ConfigError, match="given twice"):
         config.from_dict({"lr": 1e-4, "learning_rate": 2e-4})
+
+
+def test_only_quantized_methods_and_8bit_optimizers_load_bitsandbytes():
+    """train.py keeps bitsandbytes (slow to import) out of every other run."""
+    from ftgrid.schema import RunConfig
+    assert RunConfig(model="pythia-tiny", method="qlora").uses_bitsandbytes
+    assert RunConfig(model="pythia-tiny", method="lora-8bit").uses_bitsandbytes
+    assert RunConfig(model="pythia-tiny", optimizer="paged-adamw-8bit").uses_bitsandbytes
+    assert not RunConfig(model="pythia-tiny", method="lora").uses_bitsandbytes
+    assert not RunConfig(model="pythia-tiny", method="full", optimizer="adafactor").uses_bitsandbytes
