@@ -289,17 +289,20 @@ def resolve_executor(args, spec: SweepSpec) -> tuple[str, tuple]:
 def plan_cells(cells, resources: Resources) -> list:
     """One plan per cell; cells that differ only in what memory does not depend on share one."""
     plans, cache = [], {}
-    kwargs = dict(gpu=resources.gpu, gpus=resources.world_size)
     for cell in cells:
         key = repr(sorted((k, v) for k, v in cell.run.items() if k not in PLAN_IRRELEVANT))
         if key not in cache:
-            if resources.zero == "auto":
-                cache[key] = planner.choose_zero(cell.run, offload=resources.offload, **kwargs)
-            else:
-                cache[key] = planner.plan_cell(cell.run, zero=int(resources.zero), offload=resources.offload,
-                                               **kwargs)
+            cache[key] = plan_run(cell.run, resources)
         plans.append(cache[key])
     return plans
+
+
+def plan_run(run: dict, resources: Resources):
+    """One run's memory plan on these resources (--zero auto: the lowest stage, then offload, that fits)."""
+    kwargs = dict(gpu=resources.gpu, gpus=resources.world_size, offload=resources.offload)
+    if resources.zero == "auto":
+        return planner.choose_zero(run, **kwargs)
+    return planner.plan_cell(run, zero=int(resources.zero), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,10 +496,7 @@ def fix_oom_cells(cells, plans, resources: Resources, max_gpus: int = 64):
                 old = c.id
                 c = refit_cell(c, fix.run, res)
                 if new_plan is None:
-                    new_plan = (planner.choose_zero(c.run, gpu=res.gpu, gpus=res.world_size, offload=res.offload)
-                                if res.zero == "auto" else
-                                planner.plan_cell(c.run, gpu=res.gpu, gpus=res.world_size, zero=int(res.zero),
-                                                  offload=res.offload))
+                    new_plan = plan_run(c.run, res)
                     done[id(p)] = (fix, res, new_plan)
                 p = new_plan
                 fixed.setdefault(c.id, (fix.text, []))[1].append(old)
@@ -647,11 +647,12 @@ def main(argv=None) -> int:
             cells, plans, fixed = fix_oom_cells(cells, plans, spec.resources,
                                                 max_gpus=spec.resources.world_size if hosts else 64)
         estimates = [timing.estimate(c.run, gpu=p.gpu, gpus=p.gpus) for c, p in zip(cells, plans)]
-        time_predicted = "time" not in given_resources(args)
+        given = given_resources(args)
+        time_predicted = "time" not in given
         if time_predicted:
             predict_time(cells, estimates, spec.resources)
         if executor == "slurm" and not args.dry_run:  # before rendering: defaults may take the cluster's values
-            fit_cluster(args, spec)
+            fit_cluster(spec, given)
         rerun = set(_split(args.rerun))
         if rerun - set(rundir.STATES):
             raise ConfigError(f"--rerun takes states from {', '.join(rundir.STATES)}; got "
@@ -717,14 +718,14 @@ def select(out: Path, cells, plans, rerun: set, submit_oom: bool, created=frozen
     return todo
 
 
-def fit_cluster(args, spec: SweepSpec) -> None:
+def fit_cluster(spec: SweepSpec, given: set) -> None:
     """The sweep against the SLURM cluster it goes to (launch/cluster.py): what the cluster cannot run is a
     ConfigError naming the limit; defaults the user did not set take the cluster's values (said once)."""
     from ftgrid.launch import cluster
     found = cluster.query()
     if found is None:  # no scontrol answer: sbatch will say what is wrong
         return
-    for note in cluster.fit_resources(spec.resources, found, given_resources(args)):
+    for note in cluster.fit_resources(spec.resources, found, given):
         print(f"cluster: {note}")
 
 
