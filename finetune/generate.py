@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ftgrid import rundir, schema  # noqa: E402
+from ftgrid import startup  # noqa: E402
 from ftgrid.cli import CliParser  # noqa: E402
 from ftgrid.errors import ConfigError  # noqa: E402
 
@@ -122,10 +123,12 @@ def main(argv=None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    import torch
-    from ftgrid.finetune import models
-    tokenizer = models.load_tokenizer(spec, cfg)
-    model = models.load_trained(spec, cfg, tokenizer)
+    with startup.no_gc_while_loading():
+        import torch
+        from ftgrid.finetune import models
+        startup.freeze_imports()
+        tokenizer = models.load_tokenizer(spec, cfg)
+        model = models.load_trained(spec, cfg, tokenizer)
     if torch.cuda.is_available():
         model = model.to("cuda")
     records = generate_records(model, tokenizer, cfg, prompts, setting)

@@ -19,6 +19,7 @@ import re
 import sys
 from pathlib import Path
 
+from ftgrid import startup
 from ftgrid import validate
 from ftgrid.cli import CliParser
 from ftgrid.errors import ConfigError, one_line
@@ -111,9 +112,10 @@ def evaluate(model_dir: str, *, tasks: list[str], base: str | None = None, inclu
     check_dirs(model_dir, base)
     if include_path is not None and not Path(include_path).is_dir():
         raise LmEvalError(f"include path {include_path} does not exist")
-    lm_eval, TaskManager = _lm_eval()
-    # One TaskManager for both the name check and the run: building it indexes every built-in YAML.
-    manager = TaskManager(include_path=include_path)
+    with startup.no_gc_while_loading():
+        lm_eval, TaskManager = _lm_eval()
+        # One TaskManager for both the name check and the run: building it indexes every built-in YAML.
+        manager = TaskManager(include_path=include_path)
     # lm_eval's own error for an unknown name is a KeyError deep in task loading, after the model loaded.
     unknown = [t for t in tasks if t not in manager.all_tasks and not Path(t).is_file()]
     if unknown:

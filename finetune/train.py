@@ -51,6 +51,7 @@ from ftgrid.cli import CliParser  # noqa: E402
 from ftgrid import validate  # noqa: E402
 from ftgrid import schema as run_config  # noqa: E402
 from ftgrid import rundir  # noqa: E402
+from ftgrid import startup  # noqa: E402
 from ftgrid.errors import ConfigError, one_line  # noqa: E402
 from ftgrid.schema import RunConfig  # noqa: E402
 
@@ -143,6 +144,7 @@ def setup(cfg: RunConfig):
     import torch
     import transformers
     from ftgrid.finetune import models, tasks
+    startup.freeze_imports()
 
     spec = run_config.model_spec(cfg.model)
     transformers.set_seed(cfg.seed)
@@ -628,7 +630,8 @@ def main(argv=None) -> int:
                             slurm_job_id=os.environ.get("SLURM_JOB_ID"), started=started,
                             resume_from=latest_checkpoint(run_dir))
     try:
-        parts = setup(cfg)
+        with startup.no_gc_while_loading():
+            parts = setup(cfg)
         parts["phase_seconds"] = {"setup": time.time() - started}
         trainer, out = train(cfg, parts)
         if out.get("preempted"):

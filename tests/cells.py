@@ -79,6 +79,13 @@ def torchrun(cell_yaml: Path, nproc: int = 2, timeout: float = CEILING_S) -> sub
     return run(torchrun_command(cell_yaml, nproc), timeout=timeout)
 
 
+def assert_adapter_not_empty(cell_dir: Path) -> None:
+    from safetensors.torch import load_file
+    weights = load_file(Path(cell_dir) / "adapter" / "adapter_model.safetensors")
+    lora_b = {k: w for k, w in weights.items() if "lora_B" in k}
+    assert lora_b and all(w.numel() > 0 and w.abs().sum() > 0 for w in lora_b.values()), "adapter saved empty"
+
+
 def metrics(cell_dir: Path) -> dict:
     return json.loads((Path(cell_dir) / "metrics.json").read_text())
 
