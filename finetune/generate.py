@@ -123,12 +123,11 @@ def main(argv=None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    with startup.no_gc_while_loading():
+    with startup.heavy_imports():
         import torch
         from ftgrid.finetune import models
-        startup.freeze_imports()
-        tokenizer = models.load_tokenizer(spec, cfg)
-        model = models.load_trained(spec, cfg, tokenizer)
+    tokenizer = models.load_tokenizer(spec, cfg)
+    model = models.load_trained(spec, cfg, tokenizer)
     if torch.cuda.is_available():
         model = model.to("cuda")
     records = generate_records(model, tokenizer, cfg, prompts, setting)

@@ -112,7 +112,7 @@ def evaluate(model_dir: str, *, tasks: list[str], base: str | None = None, inclu
     check_dirs(model_dir, base)
     if include_path is not None and not Path(include_path).is_dir():
         raise LmEvalError(f"include path {include_path} does not exist")
-    with startup.no_gc_while_loading():
+    with startup.heavy_imports():
         lm_eval, TaskManager = _lm_eval()
         # One TaskManager for both the name check and the run: building it indexes every built-in YAML.
         manager = TaskManager(include_path=include_path)

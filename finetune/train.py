@@ -141,10 +141,10 @@ def setup(cfg: RunConfig):
     for package, used in (("bitsandbytes", cfg.uses_bitsandbytes), ("deepspeed", bool(cfg.deepspeed))):
         if not used:
             sys.modules.setdefault(package, None)
-    import torch
-    import transformers
-    from ftgrid.finetune import models, tasks
-    startup.freeze_imports()
+    with startup.heavy_imports():
+        import torch
+        import transformers
+        from ftgrid.finetune import models, tasks
 
     spec = run_config.model_spec(cfg.model)
     transformers.set_seed(cfg.seed)
@@ -630,8 +630,7 @@ def main(argv=None) -> int:
                             slurm_job_id=os.environ.get("SLURM_JOB_ID"), started=started,
                             resume_from=latest_checkpoint(run_dir))
     try:
-        with startup.no_gc_while_loading():
-            parts = setup(cfg)
+        parts = setup(cfg)
         parts["phase_seconds"] = {"setup": time.time() - started}
         trainer, out = train(cfg, parts)
         if out.get("preempted"):
