@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -77,6 +78,31 @@ def openorca(row):  # Open-Orca/OpenOrca: id / system_prompt / question / respon
 ROLE_ALIASES = {"human": "user", "user": "user", "prompter": "user", "gpt": "assistant",
                 "assistant": "assistant", "chatgpt": "assistant", "bot": "assistant", "model": "assistant",
                 "system": "system"}
+
+
+def _prompt_turns(prompt) -> list[dict] | None:
+    """A prompt as text (one user turn), or as a message list [{role, content}]; None when malformed."""
+    if not isinstance(prompt, list):
+        return _turns(("user", prompt))
+    try:
+        return [{"role": ROLE_ALIASES.get(m["role"], m["role"]), "content": m["content"]} for m in prompt]
+    except (KeyError, TypeError):
+        return None
+
+
+def prompt_completion(row):  # TRL's prompt-completion layout: text, or message lists (conversational)
+    turns, completion = _prompt_turns(row["prompt"]), row["completion"]
+    if turns is None or isinstance(completion, list) and not completion:
+        return None
+    answer = _last_assistant(completion) if isinstance(completion, list) else completion
+    return _sft([*turns, {"role": "assistant", "content": answer}])
+
+
+def _question_answer(question: str, answer: str) -> Callable[[dict], dict | None]:
+    """The plainest instruction layout: one column asks, one answers (GSM8K's question / answer, ...)."""
+    def adapt(row):
+        return _sft(_turns(("user", row[question]), ("assistant", row[answer])))
+    return adapt
 
 
 def messages(row):  # UltraChat-200k (prompt / prompt_id / messages), any `messages` list
@@ -169,12 +195,27 @@ def _dpo(prompt_turns, chosen, rejected):
 
 
 def pairs(row):  # prompt / chosen / rejected (text, or message lists as in ultrafeedback_binarized)
-    prompt = row["prompt"]
-    if isinstance(prompt, list):
-        turns = [{"role": ROLE_ALIASES.get(m["role"], m["role"]), "content": m["content"]} for m in prompt]
-    else:
-        turns = _turns(("user", prompt))
-    return _dpo(turns, row["chosen"], row["rejected"])
+    turns = _prompt_turns(row["prompt"])
+    return None if turns is None else _dpo(turns, row["chosen"], row["rejected"])
+
+
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def _dialogue(value) -> list[dict] | None:
+    """A whole dialogue: a message list, or Anthropic HH text ("\n\nHuman: ...\n\nAssistant: ...")."""
+    if isinstance(value, list):
+        return _prompt_turns(value)
+    parts = HH_TURN.split("\n\n" + _s(value))[1:]  # [role, text, role, text, ...]
+    return [{"role": ROLE_ALIASES[role.lower()], "content": text} for role, text in zip(parts[::2], parts[1::2])]
+
+
+def implicit_pairs(row):  # chosen / rejected as whole dialogues (Anthropic/hh-rlhf; TRL's implicit prompt)
+    chosen, rejected = _dialogue(row["chosen"]), _dialogue(row["rejected"])
+    if not chosen or not rejected or chosen[:-1] != rejected[:-1] or \
+            {chosen[-1]["role"], rejected[-1]["role"]} != {"assistant"}:
+        return None  # the prompt is the turns both share; only the last (assistant) turn may differ
+    return _dpo(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"])
 
 
 def orca_dpo(row):  # Intel/orca_dpo_pairs: system / question / chosen / rejected
@@ -230,6 +271,13 @@ def _summ(document, summary):
     return {"document": document, "summary": summary} if document and summary else None
 
 
+def _summary_of(document: str) -> Callable[[dict], dict | None]:
+    """A `summary` column for the text in column `document` (SAMSum's dialogue, BillSum's text, ...)."""
+    def adapt(row):
+        return _summ(row[document], row["summary"])
+    return adapt
+
+
 def cnn_dailymail(row):  # cnn_dailymail 3.0.0: article / highlights / id
     return _summ(row["article"], row["highlights"])
 
@@ -276,6 +324,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
            source="Intel/orca_dpo_pairs"),
     Format("pairs", "dpo", frozenset({"prompt", "chosen", "rejected"}), pairs,
            source="prompt/chosen/rejected (e.g. HuggingFaceH4/ultrafeedback_binarized)"),
+    Format("hh-rlhf", "dpo", frozenset({"chosen", "rejected"}), implicit_pairs,
+           source="Anthropic/hh-rlhf; chosen/rejected dialogues sharing their prompt (TRL's implicit prompt)"),
     Format("openorca", "sft", frozenset({"system_prompt", "question", "response"}), openorca,
            source="Open-Orca/OpenOrca"),
     Format("hc3", "sft", frozenset({"question", "human_answers", "chatgpt_answers"}), hc3,
@@ -292,6 +342,17 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("evol-instruct", "sft", frozenset({"conversations"}), sharegpt, check=_first_is(dict),
            source="WizardLMTeam/WizardLM_evol_instruct_V2_196k (ShareGPT layout)"),
     Format("lima", "sft", frozenset({"conversations"}), lima, check=_first_is(str), source="GAIR/lima"),
+    # The plainest layouts come last: a more specific one above that matches wins.
+    Format("prompt-completion", "sft", frozenset({"prompt", "completion"}), prompt_completion,
+           source="TRL's prompt-completion layout (text or message lists)"),
+    Format("prompt-response", "sft", frozenset({"prompt", "response"}), _question_answer("prompt", "response"),
+           source="prompt / response"),
+    Format("instruction-response", "sft", frozenset({"instruction", "response"}),
+           _question_answer("instruction", "response"), source="instruction / response (Dolly without context)"),
+    Format("question-answer", "sft", frozenset({"question", "answer"}), _question_answer("question", "answer"),
+           source="openai/gsm8k and other question / answer sets"),
+    Format("input-output", "sft", frozenset({"input", "output"}), _question_answer("input", "output"),
+           source="input / output"),
     Format("pii", "token-classification", frozenset({"source_text", "privacy_mask"}), pii,
            source="ai4privacy/pii-masking-200k"),
     Format("spans", "token-classification", frozenset({"text", "spans"}), spans, source="text + spans"),
@@ -300,6 +361,10 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("xsum", "summarization", frozenset({"document", "summary"}), xsum, source="EdinburghNLP/xsum"),
     Format("peer-review", "summarization", frozenset({"review_contents", "meta_review"}), peer_review,
            source="oaimli/PeerSum (reviews -> meta-review)"),
+    Format("samsum", "summarization", frozenset({"dialogue", "summary"}), _summary_of("dialogue"),
+           source="knkarthick/samsum, knkarthick/dialogsum"),
+    Format("text-summary", "summarization", frozenset({"text", "summary"}), _summary_of("text"),
+           source="FiscalNote/billsum and other text / summary sets"),
 ]}
 ALIASES = {"alpaca-cleaned": "alpaca", "ultrachat": "messages", "sharegpt": "evol-instruct",
            "orca_dpo_pairs": "orca-dpo", "oasst": "oasst1", "open-platypus": "platypus",

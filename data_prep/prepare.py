@@ -27,7 +27,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from ftgrid.data_prep import cache, formats, packing as packing_mod, sources, templates, tokenization
+from ftgrid.data_prep import cache, catalog, formats, packing as packing_mod, sources, templates, tokenization
 from ftgrid.data_prep.catalog import DataError, DatasetRequest, parse
 
 VERSION = 2          # bump when the output of a given input changes: old cache entries are then ignored
@@ -119,9 +119,8 @@ def select_rows(request: DatasetRequest, keys, eval_keys=None, eval_rows: int = 
         rest = [i for i in order if keys[i] not in held]  # a train row equal to an eval row is a duplicate
         duplicates += len(order) - len(rest)
     else:
-        n_eval = eval_rows or min(request.entry.eval_rows, max(1, len(order) // 10))
-        if n_eval >= len(order):
-            raise DataError(f"dataset {request.label} has {len(order)} usable rows, too few for {n_eval} eval rows")
+        catalog.check_enough_rows(request.label, len(order), eval_rows, request.entry.eval_rows)
+        n_eval = catalog.held_out_rows(len(order), eval_rows, request.entry.eval_rows)
         eval_idx, rest = order[:n_eval], order[n_eval:]
     train_idx = rest[: request.tier_rows(len(rest))]
     if not train_idx:

@@ -74,6 +74,72 @@ def test_unknown_layout_fails_with_one_line_listing_columns_and_formats(tmp_path
         assert f"{fmt}:" in msg
 
 
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+# The plain layouts of files from outside the catalog: one row each, what it must become, and the task.
+PLAIN = [
+    ("prompt-completion", {"prompt": "Name a colour.", "completion": "Blue."}, "sft",
+     {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]}),
+    ("prompt-completion", {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+                           "completion": [{"role": "assistant", "content": "Hello."}]}, "sft",
+     {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                   {"role": "assistant", "content": "Hello."}]}),
+    ("prompt-response", {"prompt": "2+2?", "response": "4"}, "sft",
+     {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}),
+    ("instruction-response", {"instruction": "Say yes.", "response": "Yes."}, "sft",
+     {"messages": [{"role": "user", "content": "Say yes."}, {"role": "assistant", "content": "Yes."}]}),
+    ("question-answer", {"question": "3*3?", "answer": "9"}, "sft",
+     {"messages": [{"role": "user", "content": "3*3?"}, {"role": "assistant", "content": "9"}]}),
+    ("input-output", {"input": "abc", "output": "cba"}, "sft",
+     {"messages": [{"role": "user", "content": "abc"}, {"role": "assistant", "content": "cba"}]}),
+    ("hh-rlhf", {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: 1+1?\n\nAssistant: 2",
+                 "rejected": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: 1+1?\n\nAssistant: 3"}, "dpo",
+     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                   {"role": "user", "content": "1+1?"}], "chosen": "2", "rejected": "3"}),
+    ("hh-rlhf", {"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+                 "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "B"}]}, "dpo",
+     {"messages": [{"role": "user", "content": "Q"}], "chosen": "A", "rejected": "B"}),
+    ("samsum", {"dialogue": "Ann: lunch?\nBob: sure", "summary": "They will have lunch."}, "summarization",
+     {"document": "Ann: lunch?\nBob: sure", "summary": "They will have lunch."}),
+    ("text-summary", {"text": "A long bill.", "summary": "A bill."}, "summarization",
+     {"document": "A long bill.", "summary": "A bill."}),
+]
+
+
+@pytest.mark.parametrize("name, row, task, record", PLAIN, ids=[f"{p[0]}-{i}" for i, p in enumerate(PLAIN)])
+def test_plain_layouts_are_detected_and_adapted(name, row, task, record):
+    ds = datasets.Dataset.from_list([row])
+    fmt = formats.get("auto", ds.column_names, ds[0], task)
+    assert fmt.name == name and fmt.task == task
+    assert formats.records(ds, fmt) == [record]
+
+
+def test_plain_layouts_reject_rows_that_do_not_hold_a_pair():
+    bad = [{"prompt": [{"content": "no role"}], "completion": "x"},  # a message without a role
+           {"prompt": "q", "completion": []},
+           {"prompt": "q", "completion": "   "}]
+    for row in bad:
+        assert formats.prompt_completion(row) is None, row
+    hh = formats.FORMATS["hh-rlhf"].fn
+    assert hh({"chosen": "no turns at all", "rejected": "none here"}) is None
+    assert hh({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: OTHER\n\nAssistant: c"}) is None
+    assert hh({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: b"}) is None
+
+
+def test_a_prompt_completion_file_trains_on_the_completion_only(tmp_path, tiny_tok):
+    rows = [{"prompt": f"Spell {w} backwards.", "completion": w[::-1]} for w in
+            ("apple", "river", "stone", "cloud", "maple", "tiger", "piano", "lemon", "ocean", "candle") * 3]
+    rows = [dict(r, prompt=f"{r['prompt']} ({i})") for i, r in enumerate(rows)]
+    p = prepare(_jsonl(tmp_path / "mine.jsonl", rows), task="sft", tokenizer=tiny_tok, seq_len=64, use_cache=False)
+    assert p.stats.invalid == 0 and p.stats.train_rows + p.stats.eval_rows == len(rows)
+    want = {f"<|user|>\n{r['prompt']}\n<|assistant|>\n": r["completion"] + EOS for r in rows}
+    for prompt, row in by_prompt(p, tiny_tok).items():
+        assert trained(tiny_tok, row) == [want[prompt]]
+
+
 def test_named_format_wrong_task_and_wrong_columns_fail():
     with pytest.raises(DataError, match="is dpo data, not sft"):
         formats.get("pairs", ["prompt", "chosen", "rejected"], task="sft")
