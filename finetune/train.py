@@ -451,7 +451,7 @@ def finish(cfg: RunConfig, parts: dict, trainer, out: dict, started: float) -> d
     if args.process_index != 0:
         return {}
     if cfg.is_lora:
-        check_adapter(saved)
+        check_adapter(saved, must_have_moved=took_a_step(trainer))
     lm_eval = run_lm_eval(cfg, saved, parts) if cfg.lm_eval_tasks else {}
     if generations:
         generate.write(run_dir, generations)
@@ -544,15 +544,27 @@ def deepspeed_facts(trainer) -> dict | None:
             "world_size": int(engine.world_size)}
 
 
-def check_adapter(path: Path) -> None:
-    """A saved adapter must hold real weights: LoRA B starts at zero and must have moved (an adapter
-    saved from ZeRO-3 shards without gathering is empty or all zeros)."""
+def took_a_step(trainer) -> bool:
+    """Whether some optimizer step ran at a learning rate above zero. The first step of a warmup runs at
+    zero, so a one-step run (a probe, a smoke test) leaves LoRA B at its initial zeros, rightly. A
+    scheduler whose rates cannot be read counts as having stepped (the strict check)."""
+    steps = trainer.state.global_step
+    factors = getattr(trainer.lr_scheduler, "lr_lambdas", None)
+    if not factors:
+        return steps > 0
+    return any(f(step) > 0 for f in factors for step in range(min(steps, 100_000)))
+
+
+def check_adapter(path: Path, must_have_moved: bool = True) -> None:
+    """A saved adapter must hold real weights: LoRA B starts at zero and must have moved once a step ran
+    at a learning rate above zero (an adapter saved from ZeRO-3 shards without gathering is empty or all
+    zeros)."""
     from safetensors.torch import load_file
     files = sorted(Path(path).glob("adapter_model*.safetensors"))
     if not files:
         raise RuntimeError(f"no adapter weights saved in {path}")
     lora_b = {k: w for f in files for k, w in load_file(str(f)).items() if "lora_B" in k}
-    empty = [k for k, w in lora_b.items() if w.numel() == 0 or not bool(w.abs().sum() > 0)]
+    empty = [k for k, w in lora_b.items() if w.numel() == 0 or (must_have_moved and not bool(w.abs().sum() > 0))]
     if not lora_b or empty:
         raise RuntimeError(f"saved adapter in {path} is empty or zero: {empty[:3] or 'no lora_B weights'}")
 

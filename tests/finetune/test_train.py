@@ -134,3 +134,31 @@ def test_packing_is_on_by_default_and_trains_exactly_like_unpacked(tmp_path):
     assert p["initial_eval_loss"] == pytest.approx(u["initial_eval_loss"], abs=1e-6)
     print(f"\npacked {p['data']['packed_rows']} rows vs {u['data']['train_rows']} examples; losses "
           f"{losses(p)} vs {losses(u)}")
+
+
+def _scheduled_steps(steps: int, warmup_steps: int):
+    """A Trainer's state after `steps` optimizer steps under the linear warmup schedule it builds."""
+    import types
+    import transformers
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = transformers.get_linear_schedule_with_warmup(optimizer, warmup_steps, max(steps, 1))
+    return types.SimpleNamespace(state=types.SimpleNamespace(global_step=steps), lr_scheduler=scheduler)
+
+
+def test_a_one_step_warmup_run_keeps_a_zero_adapter_and_that_is_no_failure(tmp_path):
+    """The first warmup step runs at learning rate 0: one step leaves LoRA B at zero, rightly; once a step ran
+    at a rate above zero, an all-zero LoRA B (a ZeRO-3 save without gathering) is an error."""
+    from safetensors.torch import save_file
+    from ftgrid.finetune import train as entry
+    assert not entry.took_a_step(_scheduled_steps(1, warmup_steps=1))
+    assert entry.took_a_step(_scheduled_steps(1, warmup_steps=0))
+    assert entry.took_a_step(_scheduled_steps(2, warmup_steps=1))
+    assert not entry.took_a_step(_scheduled_steps(0, warmup_steps=0))
+    save_file({"base_model.model.x.lora_A.weight": torch.ones(2, 4), "base_model.model.x.lora_B.weight":
+               torch.zeros(4, 2)}, str(tmp_path / "adapter_model.safetensors"))
+    entry.check_adapter(tmp_path, must_have_moved=False)
+    with pytest.raises(RuntimeError, match="is empty or zero: \\['base_model.model.x.lora_B.weight'\\]"):
+        entry.check_adapter(tmp_path)
+    save_file({"base_model.model.x.lora_B.weight": torch.zeros(0)}, str(tmp_path / "adapter_model.safetensors"))
+    with pytest.raises(RuntimeError, match="is empty or zero"):  # empty is never right
+        entry.check_adapter(tmp_path, must_have_moved=False)
