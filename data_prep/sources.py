@@ -90,6 +90,29 @@ def check_files(files: list[Path], label: str) -> None:
                 raise DataError(f"dataset {short(label)}: {short(path.name)} line {bad[0]}: {bad[1]}")
 
 
+TEXT_SUFFIXES = (".json", ".jsonl", ".csv")
+
+
+def check_utf8(files: list[Path], label: str) -> None:
+    """Text data files must be UTF-8: Arrow's readers take other bytes in and fail only when that row is
+    read, without naming the file. Checked in 16 MiB chunks at decoder speed; names the first bad line."""
+    import codecs
+    for path in (p for p in files if p.suffix in TEXT_SUFFIXES):
+        decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(1 << 24)
+                try:
+                    decoder.decode(chunk, final=not chunk)
+                except UnicodeDecodeError as e:
+                    line += chunk.count(b"\n", 0, max(e.start, 0))
+                    raise DataError(f"dataset {short(label)}: {short(path.name)} line {line}: not UTF-8 text "
+                                    f"({e.reason}); save it as UTF-8") from None
+                if not chunk:
+                    break
+                line += chunk.count(b"\n")
+
+
 def local_files(entry: DatasetEntry, split: str | None = None) -> list[Path]:
     """The data files a local entry reads for `split` (all splits when None); [] for hub and saved datasets."""
     path = _local(entry)

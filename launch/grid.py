@@ -614,6 +614,7 @@ def check_datasets(spec: SweepSpec, cells=()) -> None:
         most_rows = entry.full_rows  # an upper bound of the training rows (before hold-out and dedupe)
         if entry.format == "auto" and Path(entry.source).exists():
             try:
+                sources.check_utf8(sources.local_files(entry), name)
                 rows = sources.load(entry)
             except OSError as e:  # a folder with unreadable entries (`--datasets ../..` from the checkout)
                 raise catalog.DataError(f"dataset {name}: cannot read {e.filename or entry.source}: "

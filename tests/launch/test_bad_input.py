@@ -25,6 +25,8 @@ def files(tmp_path):
     (tmp_path / "broken.jsonl").write_text(good * 10 + '{"instruction": "a", "inp\n' + good * 10)  # cut mid-file
     (tmp_path / ("b" * 200 + ".jsonl")).write_text(good * 3 + "[1, 2]\n")
     (tmp_path / "one.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')  # nothing left to train on
+    (tmp_path / "latin1.jsonl").write_bytes('{"prompt": "a", "completion": "b"}\n{"prompt": "café", "completion": '
+                                            '"b"}\n'.encode("latin-1") * 5)  # Arrow reads it; rows fail later
     (tmp_path / "afile").write_text("not a folder\n")
     (tmp_path / "bad.yaml").write_text("models: [pythia-tiny\n")
     (tmp_path / "list.yaml").write_text("- pythia-tiny\n")
@@ -77,6 +79,7 @@ GRID_CASES = [
     pytest.param(TINY + ["--datasets", "T/cols.jsonl"], "cols.jsonl"),
     pytest.param(TINY + ["--datasets", "T/empty.jsonl"], "dataset empty: empty.jsonl is empty"),
     pytest.param(TINY + ["--datasets", "T/one.jsonl"], "one.jsonl has 1 usable rows, too few for 1 eval rows"),
+    pytest.param(TINY + ["--datasets", "T/latin1.jsonl"], "latin1.jsonl line 2: not UTF-8 text (invalid continuation"),
     pytest.param(TINY + ["--datasets", "T/broken.jsonl"], "broken.jsonl line 11: not valid JSON ("),
     pytest.param(TINY + ["--datasets", "T/" + "b" * 200 + ".jsonl"], "bbb.jsonl line 4: a JSON list, not an object"),
     (TINY + ["--out", "T/afile"], "afile"),
