@@ -24,8 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ftgrid import rundir, schema  # noqa: E402
-from ftgrid import startup  # noqa: E402
+from ftgrid import rundir, schema, startup, validate  # noqa: E402
 from ftgrid.cli import CliParser  # noqa: E402
 from ftgrid.errors import ConfigError  # noqa: E402
 
@@ -39,11 +38,13 @@ def parse_args(argv):
     p.add_argument("--cell", required=True, help="a trained cell's folder (or its cell.yaml)")
     p.add_argument("--prompts", required=True, help="prompts .jsonl (one JSON object a line)")
     p.add_argument("--out", help=f"folder for {OUTPUT} (default: the cell's folder)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the cell's max_new_tokens")
+    # The run config's own ranges: a flag takes what a cell.yaml takes.
+    p.add_argument("--max-new-tokens", type=validate.arg_int(*schema.LIMITS["max_new_tokens"]), default=None,
+                   help="default: the cell's max_new_tokens")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default); > 0 samples")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=validate.arg_int(*schema.LIMITS["seed"]), default=0, help="sampling seed")
+    p.add_argument("--batch-size", type=validate.arg_int(*schema.LIMITS["micro_batch"]), default=8)
     return p.parse_args(argv)
 
 
@@ -113,8 +114,6 @@ def main(argv=None) -> int:
         out = Path(args.out or cfg.output_dir)
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} is a file")
-        if args.batch_size <= 0:
-            raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
         cfg.micro_batch = args.batch_size
         spec = schema.model_spec(cfg.model)
         if spec.kind != "causal" or cfg.task == "token-classification":

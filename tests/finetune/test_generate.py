@@ -85,6 +85,8 @@ def test_generate_reads_a_run_without_cell_yaml_from_its_resolved_config(trained
 @pytest.mark.parametrize("case,expect", [
     ("no-model", "has no trained adapter/ yet"), ("bad-line", "line 2: not JSON"),
     ("no-field", "needs a \"prompt\" text"), ("temperature", "temperature must be in"),
+    ("seed", "argument --seed: must be an integer in [0, 4294967295], got '-5'"),
+    ("max-new-tokens", "argument --max-new-tokens: must be an integer in [1, 1048576], got '0'"),
 ])
 def test_generate_bad_input_is_one_line(trained, tmp_path, case, expect):
     cell, prompts = trained
@@ -97,7 +99,8 @@ def test_generate_bad_input_is_one_line(trained, tmp_path, case, expect):
         bad.write_text('{"prompt": "ok"}\n' + ("{oops\n" if case == "bad-line" else '{"text": "x"}\n'))
         args[3] = bad
     else:
-        args += ["--temperature", "-1"]
+        args += {"temperature": ["--temperature", "-1"], "seed": ["--temperature", "1", "--seed", "-5"],
+                 "max-new-tokens": ["--max-new-tokens", "0"]}[case]  # 0 was taken as "the cell's default"
     proc = run([sys.executable, GENERATE, *args], timeout=CEILING)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("error:") and expect in err[0], proc.stderr
