@@ -244,13 +244,10 @@ def _parse_tier(text: str, spec: str) -> str | int | float:
                     f"a fraction must be in (0, 1)")
 
 
-def held_out_rows(rows: int, eval_rows: int | None, entry_eval_rows: int) -> int:
+def held_out_rows(label: str, rows: int, eval_rows: int | None, entry_eval_rows: int) -> int:
     """Evaluation rows held out of a set without an eval split: the user's eval_rows, else a tenth, capped at
-    the entry's count (at least one)."""
-    return eval_rows or min(entry_eval_rows, max(1, rows // 10))
-
-
-def check_enough_rows(label: str, rows: int, eval_rows: int | None, entry_eval_rows: int) -> None:
-    n_eval = held_out_rows(rows, eval_rows, entry_eval_rows)
+    the entry's count (at least one). A DataError when that leaves no row to train on."""
+    n_eval = eval_rows or min(entry_eval_rows, max(1, rows // 10))
     if n_eval >= rows:
         raise DataError(f"dataset {label} has {rows} usable rows, too few for {n_eval} eval rows")
+    return n_eval

@@ -119,8 +119,7 @@ def select_rows(request: DatasetRequest, keys, eval_keys=None, eval_rows: int = 
         rest = [i for i in order if keys[i] not in held]  # a train row equal to an eval row is a duplicate
         duplicates += len(order) - len(rest)
     else:
-        catalog.check_enough_rows(request.label, len(order), eval_rows, request.entry.eval_rows)
-        n_eval = catalog.held_out_rows(len(order), eval_rows, request.entry.eval_rows)
+        n_eval = catalog.held_out_rows(request.label, len(order), eval_rows, request.entry.eval_rows)
         eval_idx, rest = order[:n_eval], order[n_eval:]
     train_idx = rest[: request.tier_rows(len(rest))]
     if not train_idx:

@@ -621,8 +621,9 @@ def check_datasets(spec: SweepSpec, cells=()) -> None:
                                         f"{e.strerror}") from None
             most_rows = len(rows)
             if not entry.eval_split:  # an upper bound of the usable rows: a set too small fails in every cell
-                for eval_rows in sorted({c.run.get("eval_rows") or 0 for c in cells} or {0}):
-                    catalog.check_enough_rows(name, most_rows, eval_rows, entry.eval_rows)
+                for eval_rows in sorted({c.run.get("eval_rows") or 0 for c in cells if c.run["dataset"] == name}
+                                        or {0}):
+                    catalog.held_out_rows(name, most_rows, eval_rows, entry.eval_rows)
             for _, task, columns in sorted(s for s in shapes if s[0] == name):
                 try:
                     shaped = formats.rename_columns(rows, parse_columns(columns), name)

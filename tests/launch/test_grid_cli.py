@@ -292,3 +292,28 @@ def test_a_default_lr_sweep_is_fed_back_from_its_sweep_yaml(tmp_path):
     # no --time: the limit was predicted, and is predicted again from the fed-back sweep file
     assert "time" not in yaml.safe_load((out / "sweep.yaml").read_text())["resources"]
     assert "no --time was given" in next(out.glob("*/job.sbatch")).read_text()
+
+
+def test_each_local_dataset_is_checked_against_its_own_cells_eval_rows(tmp_path, capsys):
+    """A set too small to hold out its eval rows is refused before anything is written, by the eval_rows of
+    the cells that read it, not those of another dataset of the sweep."""
+    from ftgrid.launch import grid
+    for name, n in (("small", 12), ("big", 300)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) + "\n"
+                                                        for i in range(n)))
+
+    def dry_run(eval_rows):
+        sweep = tmp_path / "sweep.yaml"
+        sweep.write_text(yaml.safe_dump({"models": ["pythia-tiny"], "axes": {"eval_rows": eval_rows},
+                                         "datasets": [str(tmp_path / "small.jsonl"), str(tmp_path / "big.jsonl")],
+                                         "zip": ["datasets", "eval_rows"]}))
+        out = tmp_path / f"out-{eval_rows[0]}"
+        code = grid.main(["--config", str(sweep), "--gpu", "cpu", "--dry-run", "--out", str(out)])
+        return code, out, capsys.readouterr()
+
+    code, out, printed = dry_run([2, 100])
+    assert code == 0, printed.err
+    assert len(list(out.glob("*/cell.yaml"))) == 2
+    code, out, printed = dry_run([100, 2])
+    assert code == 2 and not out.exists()
+    assert printed.err.strip() == f"error: dataset {tmp_path}/small.jsonl has 12 usable rows, too few for 100 eval rows"
