@@ -2,7 +2,7 @@
 
     python benchmarks/fuzz_long.py [--examples 1500] [--random]
 
-Runs `pytest tests/fuzz` with FTGRID_FUZZ_EXAMPLES per property (10 properties: 1,500 each is 15,000
+Runs `pytest tests/fuzz` with FTGRID_FUZZ_EXAMPLES per property (12 properties: 1,500 each is 18,000
 examples) and prints how many examples each command and outcome got (exit 0, exit 2, or "accepted": the
 input passed validation where the command would start training, probing, fitting or tokenizing).
 --random draws fresh examples (the default is hypothesis' derandomized, repeatable sequence).

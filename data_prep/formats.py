@@ -445,6 +445,20 @@ def digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest() if text else ""
 
 
+# What an adapter raises on a row whose values have another shape than its layout's (a number where text
+# goes, text where a message list goes, a span that is not a triple): a file decides its column types.
+ROW_SHAPE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, SyntaxError)
+
+
+def adapt_row(fn: Callable[[dict], dict | None], row: dict) -> dict | None:
+    """A row's canonical record, or None: rejected by its adapter, or of a shape the adapter cannot read
+    (counted `invalid` like any rejected row, instead of failing the whole data set's preparation)."""
+    try:
+        return fn(row)
+    except ROW_SHAPE_ERRORS:
+        return None
+
+
 class _RowBatch:  # picklable batched map function (num_proc > 1)
     def __init__(self, fn):
         self.fn = fn
@@ -452,7 +466,7 @@ class _RowBatch:  # picklable batched map function (num_proc > 1)
     def __call__(self, batch):
         n = len(next(iter(batch.values())))
         rows = ({k: v[i] for k, v in batch.items()} for i in range(n))
-        records = [dump(self.fn(r)) for r in rows]
+        records = [dump(adapt_row(self.fn, r)) for r in rows]
         return {"record": records, "key": [digest(r) for r in records]}
 
 

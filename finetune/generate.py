@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable wi
 
 from ftgrid import rundir, schema, startup, validate  # noqa: E402
 from ftgrid.cli import CliParser  # noqa: E402
-from ftgrid.errors import ConfigError  # noqa: E402
+from ftgrid.errors import ConfigError, one_line  # noqa: E402
 
 OUTPUT = "generations.jsonl"
 EXIT_BAD_INPUT = 2
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
             raise ConfigError(f"generation runs causal language models; {cfg.model} ({spec.kind}) with task "
                               f"{cfg.task!r} is not one")
     except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)  # a DataError may quote a path with a newline
         return EXIT_BAD_INPUT
     with startup.heavy_imports():
         import torch

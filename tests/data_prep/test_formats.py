@@ -129,6 +129,19 @@ def test_plain_layouts_reject_rows_that_do_not_hold_a_pair():
     assert hh({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: b"}) is None
 
 
+def test_rows_of_another_shape_than_the_layout_are_rejected_not_a_crash(tmp_path, tiny_tok):
+    """A null message list (or text where a list goes) made the adapter raise and the whole preparation fail
+    with a traceback; such rows are now rejected and counted, like any invalid row."""
+    good = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(20)]
+    p = prepare(_jsonl(tmp_path / "holes.jsonl", good + [{"messages": None}] * 5), task="sft", tokenizer=tiny_tok,
+                seq_len=64, use_cache=False)
+    assert p.stats.invalid == 5 and p.stats.train_rows + p.stats.eval_rows == 20
+    with pytest.raises(DataError, match="dataset text has 0 usable rows"):
+        prepare(_jsonl(tmp_path / "text.jsonl", [{"messages": f"hello {i}"} for i in range(30)]), task="sft",
+                tokenizer=tiny_tok, seq_len=64, use_cache=False)
+
+
 def test_a_prompt_completion_file_trains_on_the_completion_only(tmp_path, tiny_tok):
     rows = [{"prompt": f"Spell {w} backwards.", "completion": w[::-1]} for w in
             ("apple", "river", "stone", "cloud", "maple", "tiger", "piano", "lemon", "ocean", "candle") * 3]

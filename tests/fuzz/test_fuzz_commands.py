@@ -1,4 +1,5 @@
-"""Property-based fuzzing of every entry point: random and adversarial flag values, sweep YAML, cell YAML.
+"""Property-based fuzzing of every entry point: random and adversarial flag values, sweep YAML, cell YAML,
+and the rows of a data file as the format adapters get them.
 
 Each example calls a command's main(argv) in this process and asserts the promise of the README:
 - the exit code is 0 or 2, and nothing raises (no traceback);
@@ -382,3 +383,48 @@ def test_known_hostile_sweep_files(tmp_path, text):
     cfg.write_text(text)
     code, _, err = run_main(grid.main, ["--config", str(cfg), "--dry-run", "--out", str(tmp_path / "o")])
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+
+
+# ---------------------------------------------------------------------------------------------
+# finetune/generate.py on a trained cell's folder: flags refused in one line, or accepted before the model loads
+
+@given(st.lists(st.tuples(st.sampled_from(["--max-new-tokens", "--temperature", "--top-p", "--seed", "--batch-size",
+                                           "--out", "--prompts"]), HOSTILE), max_size=3))
+def test_generate_flags(fuzz_report, pairs):
+    from ftgrid import startup
+    from ftgrid.finetune import generate
+    with tempfile.TemporaryDirectory() as tmp:
+        cell = Path(tmp) / "cell"
+        (cell / "adapter").mkdir(parents=True)
+        (cell / "cell.yaml").write_text(yaml.safe_dump({"model": "pythia-tiny", "name": "cell"}))
+        prompts = Path(tmp) / "prompts.jsonl"
+        prompts.write_text('{"prompt": "Name a colour."}\n')
+        argv = ["--cell", str(cell), "--prompts", str(prompts)] + [f"{flag}={value}" for flag, value in pairs]
+        before = listing(Path(tmp))
+        code, stdout, stderr = run_main(generate.main, argv, start=(startup, "heavy_imports"))
+        assert_refused_cleanly(code, stdout, stderr, fuzz_report, "generate-flags")
+        assert listing(Path(tmp)) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# format adapters on any row a local file can hold, as data preparation applies them: a canonical record or
+# None (the row is rejected), never an exception (Arrow gives every column one type, but a user's file decides
+# which)
+
+ROW_VALUES = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), TEXT,
+                                    st.sampled_from(["\n\nHuman: hi\n\nAssistant: yo", "\n\nAssistant: x"])),
+                          lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                  st.dictionaries(st.sampled_from(["role", "content", "from", "value",
+                                                                                   "start", "end", "label"]),
+                                                                  inner, max_size=3)), max_leaves=6)
+
+
+@given(st.sampled_from(sorted(n for n, f in __import__("ftgrid.data_prep.formats", fromlist=["FORMATS"]).FORMATS.items()
+                              if not f.table)), st.data())
+def test_format_adapters_take_any_row(fuzz_report, name, data):
+    from ftgrid.data_prep import formats
+    fmt = formats.FORMATS[name]
+    row = {column: data.draw(ROW_VALUES) for column in sorted(fmt.columns)}
+    record = formats.adapt_row(fmt.fn, row)
+    assert record is None or isinstance(record, dict), record
+    fuzz_report[("format-rows", "record" if record else "rejected")] += 1
